@@ -1,0 +1,3 @@
+from .runner import Worker
+
+__all__ = ["Worker"]

@@ -1,0 +1,119 @@
+"""create_app(): the HTTP API. Handlers are thin: parse, call a command or read a view, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Awaitable
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from .. import commands
+from ..config import Settings
+from .errors import ApiError, error_response
+
+log = structlog.get_logger("eventbatch.api")
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+SETTINGS = web.AppKey("settings", Settings)
+TASKS = web.AppKey("tasks", set)
+KEY_CACHE = web.AppKey("key_cache", dict)
+PROJECT = "project"  # request key: the authenticated project
+
+
+def spawn(app: web.Application, coro: Awaitable) -> None:
+    """Background work of the API process (validation, settling after a cancel)."""
+    task = asyncio.ensure_future(coro)
+    app[TASKS].add(task)
+
+    def done(t: asyncio.Task) -> None:
+        app[TASKS].discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background_task_failed", error=repr(t.exception()))
+
+    task.add_done_callback(done)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    request_id = request.headers.get("x-request-id") or "req_" + uuid.uuid4().hex
+    start = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        messages = {404: f"Unknown request URL: {request.method} {request.path}. Check the path and method.",
+                    405: f"Method {request.method} is not allowed on {request.path}.",
+                    413: "The request body is too large."}
+        response = error_response(exc.status, messages.get(exc.status, exc.reason))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path, request_id=request_id)
+        response = error_response(500, "The server had an error while processing your request. "
+                                       "Retry, and report the x-request-id if it persists.")
+    response.headers["x-request-id"] = request_id
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    log.info("http_request", method=request.method, route=route, status=response.status,
+             duration_ms=round((time.perf_counter() - start) * 1000, 2), request_id=request_id)
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'; "
+                            "create one with 'eventbatch keys create --project NAME'.")
+    cache = request.app[KEY_CACHE]
+    project = cache.get(key)
+    if project is None:
+        async with request.app[POOL].acquire() as conn:
+            project = await commands.project_for_key(conn, key)
+        if project is None:
+            raise ApiError(401, "Incorrect API key provided. Create one with 'eventbatch keys create --project NAME'.",
+                           code="invalid_api_key")
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[key] = project
+    request[PROJECT] = project
+    return await handler(request)
+
+
+def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database_url: str | None = None,
+               pool_size: int = 10) -> web.Application:
+    """The API. With `pool`, the caller owns the pool; otherwise it is opened on startup."""
+    from . import batches, files
+
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=1024 ** 2)
+    app[SETTINGS] = settings
+    app[TASKS] = set()
+    app[KEY_CACHE] = {}
+
+    async def pool_ctx(app: web.Application):
+        if pool is not None:
+            app[POOL] = pool
+        else:
+            from ..db import create_pool
+            app[POOL] = await create_pool(database_url, max_size=pool_size)
+        yield
+        for t in list(app[TASKS]):
+            t.cancel()
+        await asyncio.gather(*app[TASKS], return_exceptions=True)
+        if pool is None:
+            await app[POOL].close()
+
+    app.cleanup_ctx.append(pool_ctx)
+    files.add_routes(app)
+    batches.add_routes(app)
+    return app

@@ -1,0 +1,157 @@
+"""/v1/batches"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from aiohttp import web
+
+from .. import commands, projections
+from ..batch import ENDPOINTS, Conflict
+from . import wire
+from .app import POOL, PROJECT, SETTINGS, spawn
+from .errors import ApiError, bad_request, not_found
+from .paging import parse_limit
+
+
+class ExpiresAfter(msgspec.Struct, forbid_unknown_fields=True):
+    anchor: str
+    seconds: int
+
+
+class CreateBatchBody(msgspec.Struct, forbid_unknown_fields=True):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, object] | None = None
+    output_expires_after: ExpiresAfter | None = None
+
+
+_create_decoder = msgspec.json.Decoder(CreateBatchBody)
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
+async def decode_json(request: web.Request, decoder: msgspec.json.Decoder):
+    """Decode a JSON body with a typed decoder; the 400 names the offending parameter."""
+    if request.content_type != "application/json":
+        raise bad_request("Send the request body as JSON with 'Content-Type: application/json'.")
+    body = await request.read()
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        path = _PATH.search(text)
+        param = path.group(1).replace("[", ".").replace("]", "") if path else None
+        if m := _MISSING.search(text):
+            field = ".".join(p for p in (param, m.group(1)) if p)
+            raise bad_request(f"Missing required parameter: '{field}'.", param=field) from None
+        if m := _UNKNOWN.search(text):
+            field = ".".join(p for p in (param, m.group(1)) if p)
+            raise bad_request(f"Unrecognized request argument supplied: '{field}'.", param=field) from None
+        raise bad_request(f"Invalid type for '{param}': {text.split(' - at')[0]}.", param=param) from None
+    except msgspec.DecodeError:
+        raise bad_request("We could not parse the JSON body of your request. Send valid JSON "
+                          "(see https://www.json.org).") from None
+
+
+def check_metadata(metadata: dict[str, object] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if len(metadata) > 16:
+        raise bad_request(f"metadata may hold at most 16 pairs; got {len(metadata)}.", param="metadata")
+    for k, v in metadata.items():
+        if len(k) > 64:
+            raise bad_request(f"metadata keys may be at most 64 characters; '{k[:20]}…' has {len(k)}.",
+                              param=f"metadata.{k}")
+        if not isinstance(v, str):
+            raise bad_request(f"metadata values must be strings; '{k}' is not.", param=f"metadata.{k}")
+        if len(v) > 512:
+            raise bad_request(f"metadata values may be at most 512 characters; '{k}' has {len(v)}.",
+                              param=f"metadata.{k}")
+    return metadata  # type: ignore[return-value]
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    body: CreateBatchBody = await decode_json(request, _create_decoder)
+    project = request[PROJECT]
+    if body.endpoint not in ENDPOINTS:
+        raise bad_request(f"Invalid endpoint '{body.endpoint}'. Supported: {', '.join(ENDPOINTS)}.", param="endpoint")
+    if body.completion_window != "24h":
+        raise bad_request(f"Invalid completion_window '{body.completion_window}'. Only '24h' is supported.",
+                          param="completion_window")
+    metadata = check_metadata(body.metadata)
+    expires_after = None
+    if body.output_expires_after is not None:
+        if body.output_expires_after.anchor != "created_at":
+            raise bad_request("output_expires_after.anchor must be 'created_at'.", param="output_expires_after.anchor")
+        if not 3600 <= body.output_expires_after.seconds <= 2_592_000:
+            raise bad_request("output_expires_after.seconds must be between 3600 and 2592000.",
+                              param="output_expires_after.seconds")
+        expires_after = body.output_expires_after.seconds
+    settings = request.app[SETTINGS]
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        f = await projections.get_file(conn, body.input_file_id, project)
+        if f is None:
+            raise bad_request(f"No file with id '{body.input_file_id}' found. Upload it with purpose 'batch' first.",
+                              param="input_file_id")
+        if f.purpose != "batch":
+            raise bad_request(f"File '{f.id}' has purpose '{f.purpose}'; a batch needs a file uploaded with "
+                              "purpose 'batch'.", param="input_file_id")
+        state = await commands.create_batch(
+            conn, project=project, input_file_id=f.id, endpoint=body.endpoint,
+            completion_window=body.completion_window, metadata=metadata, output_expires_after=expires_after,
+            window_seconds=settings.window_seconds)
+    spawn(request.app, commands.validate_batch(pool, state.id, settings.chunk_size))
+    return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
+
+
+async def retrieve_batch(request: web.Request) -> web.Response:
+    batch_id = request.match_info["batch_id"]
+    async with request.app[POOL].acquire() as conn:
+        state = await projections.get_batch(conn, batch_id, request[PROJECT])
+    if state is None:
+        raise not_found("batch", batch_id)
+    return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    project = request[PROJECT]
+    limit = parse_limit(request.query, default=20, high=100)
+    after = request.query.get("after")
+    async with request.app[POOL].acquire() as conn:
+        after_seq = None
+        if after is not None:
+            after_seq = await conn.fetchval("SELECT seq FROM batch_view WHERE id = $1 AND project = $2", after, project)
+            if after_seq is None:
+                raise bad_request(f"No batch with id '{after}' to list after.", param="after")
+        rows = await conn.fetch(
+            "SELECT doc FROM batch_view WHERE project = $1 AND ($2::bigint IS NULL OR seq < $2)"
+            " ORDER BY seq DESC LIMIT $3", project, after_seq, limit + 1)
+    items = [wire.batch_object(projections.decode_batch(r[0])) for r in rows[:limit]]
+    return web.Response(body=wire.encode(wire.list_object(items, len(rows) > limit)), content_type="application/json")
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    batch_id = request.match_info["batch_id"]
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        if await projections.get_batch(conn, batch_id, request[PROJECT]) is None:
+            raise not_found("batch", batch_id)
+        try:
+            state = await commands.cancel_batch(conn, batch_id)
+        except Conflict as exc:
+            raise ApiError(409, str(exc)) from None
+    # Settle now if nothing is running; otherwise the workers settle it when they let go.
+    spawn(request.app, commands.settle_batch(pool, batch_id))
+    return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/batches", create_batch)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve_batch)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)

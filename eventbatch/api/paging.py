@@ -1,0 +1,27 @@
+"""Query parameters shared by the list routes."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import bad_request
+
+
+def parse_limit(q: Mapping[str, str], *, default: int, high: int) -> int:
+    raw = q.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"limit must be a whole number between 1 and {high}.", param="limit") from None
+    if not 1 <= value <= high:
+        raise bad_request(f"limit must be between 1 and {high}; got {value}.", param="limit")
+    return value
+
+
+def parse_choice(q: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = q.get(name, default)
+    if value not in choices:
+        raise bad_request(f"{name} must be one of {', '.join(choices)}; got '{value}'.", param=name)
+    return value

@@ -1,0 +1,180 @@
+"""The batch state machine, pure: decide(state, command) -> events; evolve(state, event) -> state.
+
+Every status transition of a batch is decided here and nowhere else. The state is also the
+batch view (the projection stored in batch_view.doc), so the API, the inline projection and
+`projections rebuild` all fold with the same `evolve`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from . import events as ev
+
+TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
+
+
+class Conflict(Exception):
+    """The command does not fit the batch's status (HTTP 409)."""
+
+
+class RequestCounts(msgspec.Struct):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchState(msgspec.Struct, kw_only=True):
+    id: str
+    project: str
+    version: int = 0
+    status: str = "validating"
+    endpoint: str = ""
+    model: str | None = None
+    errors: dict | None = None
+    input_file_id: str = ""
+    completion_window: str = "24h"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int = 0
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = msgspec.field(default_factory=RequestCounts)
+    usage: ev.Usage = ev.Usage()
+    metadata: dict[str, str] | None = None
+    output_expires_after: int | None = None
+    chunk_count: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _ts(at: float) -> int:
+    return int(math.floor(at))
+
+
+def _add_usage(a: ev.Usage, b: ev.Usage) -> ev.Usage:
+    return ev.Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        cached_tokens=a.cached_tokens + b.cached_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+        total_tokens=a.total_tokens + b.total_tokens,
+    )
+
+
+def evolve(state: BatchState | None, event: ev.Event) -> BatchState:
+    """Fold one event of a batch (batch-level or request outcome) into its state."""
+    match event:
+        case ev.BatchCreated():
+            return BatchState(
+                id=event.batch_id, project=event.project, endpoint=event.endpoint,
+                input_file_id=event.input_file_id, completion_window=event.completion_window,
+                created_at=_ts(event.at), expires_at=event.expires_at, metadata=event.metadata,
+                output_expires_after=event.output_expires_after, version=1,
+            )
+    assert state is not None, f"{type(event).__name__} before batch_created"
+    s = msgspec.structs.replace(state)
+    match event:
+        case ev.BatchValidated():
+            s.model = event.model
+            s.request_counts = RequestCounts(total=event.total)
+            s.chunk_count = len(event.chunks)
+        case ev.BatchStarted():
+            s.status, s.in_progress_at = "in_progress", _ts(event.at)
+        case ev.BatchValidationFailed():
+            s.status, s.failed_at = "failed", _ts(event.at)
+            s.errors = {"object": "list", "data": [msgspec.structs.asdict(e) for e in event.errors]}
+        case ev.RequestSucceeded():
+            rc = s.request_counts
+            s.request_counts = RequestCounts(rc.total, rc.completed + 1, rc.failed)
+            s.usage = _add_usage(s.usage, event.usage)
+        case ev.RequestFailed():
+            rc = s.request_counts
+            s.request_counts = RequestCounts(rc.total, rc.completed, rc.failed + 1)
+        case ev.BatchFinalizing():
+            s.status, s.finalizing_at = "finalizing", _ts(event.at)
+        case ev.BatchOutputWritten():
+            s.output_file_id, s.error_file_id = event.output_file_id, event.error_file_id
+        case ev.BatchCompleted():
+            s.status, s.completed_at = "completed", _ts(event.at)
+        case ev.BatchExpired():
+            s.status, s.expired_at = "expired", _ts(event.at)
+        case ev.BatchCancelling():
+            s.status, s.cancelling_at = "cancelling", _ts(event.at)
+        case ev.BatchCancelled():
+            s.status, s.cancelled_at = "cancelled", _ts(event.at)
+        case _:
+            raise TypeError(f"not a batch event: {type(event).__name__}")
+    if not isinstance(event, ev.REQUEST_OUTCOMES):
+        s.version += 1
+    return s
+
+
+def fold(state: BatchState | None, events: list[ev.Event]) -> BatchState:
+    for e in events:
+        state = evolve(state, e)
+    assert state is not None
+    return state
+
+
+# --- decisions ---------------------------------------------------------------------------
+
+def record_validation(state: BatchState, result_events: list[ev.Event], now: float) -> list[ev.Event]:
+    """The background validation finished with BatchValidated or BatchValidationFailed."""
+    [outcome] = result_events
+    if state.status == "validating":
+        if isinstance(outcome, ev.BatchValidated):
+            return [outcome, ev.BatchStarted(at=now)]
+        return [outcome]
+    if state.status == "cancelling" and isinstance(outcome, ev.BatchValidated) and state.chunk_count == 0 \
+            and state.request_counts.total == 0:
+        # Cancelled while validating: keep the request list so every request is accounted for
+        # as batch_cancelled; a failed validation is dropped (cancelling only leads to cancelled).
+        return [outcome]
+    return []
+
+
+def cancel(state: BatchState, now: float) -> list[ev.Event]:
+    if state.status == "cancelling":
+        return []
+    if state.status not in CANCELLABLE:
+        raise Conflict(f"Cannot cancel a batch with status '{state.status}'.")
+    return [ev.BatchCancelling(at=now)]
+
+
+def settlement(state: BatchState, now: float, all_requests_done: bool) -> str | None:
+    """What the finalizer should do with the batch now: 'cancelled', 'expired', 'finalizing',
+    'completed', or None (nothing yet)."""
+    match state.status:
+        case "cancelling":
+            return "cancelled"
+        case "validating" | "in_progress" if state.expires_at is not None and now >= state.expires_at:
+            return "expired"
+        case "in_progress" if all_requests_done:
+            return "finalizing"
+        case "finalizing":
+            return "completed"
+    return None
+
+
+def closing_event(kind: str, now: float) -> ev.Event:
+    return {"cancelled": ev.BatchCancelled, "expired": ev.BatchExpired, "completed": ev.BatchCompleted}[kind](at=now)
+
+
+def unfinished_error(kind: str) -> tuple[str, str]:
+    """The error line given to requests that never finished, by how the batch ended."""
+    if kind == "cancelled":
+        return "batch_cancelled", "The batch was cancelled before this request was completed."
+    return "batch_expired", "The batch expired before this request was completed."

