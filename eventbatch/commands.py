@@ -102,6 +102,9 @@ async def batch_command(conn: asyncpg.Connection, batch_id: str,
             for e in new:
                 if isinstance(e, ev.BatchValidated):
                     await _enqueue_chunks(conn, batch_id, e.chunks)
+            if any(isinstance(e, (ev.BatchStarted, ev.BatchCancelling)) for e in new):
+                # Wakes the workers at commit (work to claim, requests to stop); polling covers a lost one.
+                await conn.execute("SELECT pg_notify('eventbatch', $1)", batch_id)
         return state, new
 
 

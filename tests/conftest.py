@@ -153,13 +153,43 @@ def start_proc(database_url, tmp_path_factory):
         p.stop()
 
 
-@pytest.fixture(scope="session")
-def server(start_proc):
-    """`eventbatch serve` (API + worker) shared by the tests that need nothing special."""
+UPSTREAM_KEY = "canary-upstream-key-7f3a9c1e"  # must reach the mock and nothing else
+
+
+def start_mock(start_proc, *args: str) -> Proc:
     port = free_port()
-    proc = start_proc("serve", "--port", str(port), http_port=port, EVENTBATCH_UPSTREAM_URL="http://127.0.0.1:9/v1")
+    proc = start_proc("mock-upstream", "--port", str(port), *args)
+    wait_http(f"http://127.0.0.1:{port}/_mock/stats", proc)
+    proc.base_url = f"http://127.0.0.1:{port}/v1"
+    proc.root = f"http://127.0.0.1:{port}"
+    return proc
+
+
+def mock_stats(mock: Proc) -> dict:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(mock.root + "/_mock/stats") as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="session")
+def mock(start_proc):
+    """`eventbatch mock-upstream` at zero latency, requiring UPSTREAM_KEY."""
+    return start_mock(start_proc, "--api-key", UPSTREAM_KEY)
+
+
+def start_server(start_proc, upstream_url: str, *args: str, role: str = "serve", **env) -> Proc:
+    port = free_port()
+    env = {"EVENTBATCH_UPSTREAM_URL": upstream_url, "EVENTBATCH_UPSTREAM_API_KEY": UPSTREAM_KEY, **env}
+    proc = start_proc(role, "--port", str(port), *args, http_port=port, **env)
     proc.base_url = f"http://127.0.0.1:{port}/v1"
     return proc
+
+
+@pytest.fixture(scope="session")
+def server(start_proc, mock):
+    """`eventbatch serve` (API + worker) against the shared mock, for tests that need nothing special."""
+    return start_server(start_proc, mock.base_url)
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +215,11 @@ def client(server, new_key) -> openai.OpenAI:
 def chat_line(i: int, model: str = "gpt-4o-mini", **body_extra) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], **body_extra}
     return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def slow_line(i: int, seconds: float = 60.0) -> dict:
+    """A request the mock holds for `seconds`: keeps a batch in_progress for as long as a test needs."""
+    return chat_line(i, mock={"latency_ms": seconds * 1000})
 
 
 def jsonl(lines) -> bytes:

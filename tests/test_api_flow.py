@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from conftest import chat_line, jsonl, wait_status
+from conftest import chat_line, jsonl, slow_line, wait_status
 
 
 def upload(client: openai.OpenAI, lines, name="requests.jsonl"):
@@ -54,7 +54,7 @@ def test_file_expires_after(client):
 
 
 def test_batch_flow_create_list_cancel(client):
-    f = upload(client, [chat_line(i) for i in range(5)])
+    f = upload(client, [slow_line(i) for i in range(5)])
     created = []
     for n in range(3):
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
@@ -93,7 +93,7 @@ def test_batch_flow_create_list_cancel(client):
 
 
 def test_cancel_while_validating_is_immediate_and_accounted(client):
-    f = upload(client, [chat_line(i) for i in range(2000)])
+    f = upload(client, [slow_line(i) for i in range(2000)])
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     client.batches.cancel(b.id)
     done = wait_status(client, b.id, {"cancelled"}, timeout=30)
@@ -124,7 +124,7 @@ def test_create_rejects_bad_parameters(client, kwargs, param):
 
 def test_create_rejects_output_file_as_input(client, db):
     # a batch_output file of this project is not an input file
-    f = upload(client, [chat_line(1)])
+    f = upload(client, [slow_line(1)])
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     client.batches.cancel(b.id)
     done = wait_status(client, b.id, {"cancelled"})

@@ -11,7 +11,7 @@ import sys
 import asyncpg
 import pytest
 
-from conftest import ROOT, base_env, chat_line, jsonl, wait_status
+from conftest import ROOT, base_env, chat_line, jsonl, slow_line, wait_status
 from eventbatch import events as ev, store
 
 
@@ -52,7 +52,7 @@ def test_concurrent_appends_to_one_stream_conflict(database_url):
 
 
 def test_cancel_racing_validation_leaves_a_consistent_log(client, db):
-    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(i) for i in range(3000)]))), purpose="batch")
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([slow_line(i) for i in range(3000)]))), purpose="batch")
     ids = []
     for _ in range(8):
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -78,7 +78,7 @@ def test_cancel_racing_validation_leaves_a_consistent_log(client, db):
 
 
 def test_rebuild_verify_cli_is_clean_then_flags_a_tampered_view(client, db, database_url):
-    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([slow_line(1)]))), purpose="batch")
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     wait_status(client, b.id, {"in_progress"})
     client.batches.cancel(b.id)

@@ -8,7 +8,7 @@ import io
 import openai
 import pytest
 
-from conftest import chat_line, jsonl, wait_status
+from conftest import chat_line, jsonl, slow_line, wait_status
 
 
 @pytest.fixture()
@@ -26,7 +26,7 @@ def _not_found_body(call):
 
 def test_foreign_ids_get_the_same_404_as_missing_ones(two_tenants):
     a, b = two_tenants
-    f = a.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    f = a.files.create(file=("a.jsonl", io.BytesIO(jsonl([slow_line(1)]))), purpose="batch")
     batch = a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     wait_status(a, batch.id, {"in_progress"})
     missing_file, missing_batch = "file-" + "0" * 24, "batch_" + "0" * 24
@@ -50,7 +50,7 @@ def test_foreign_ids_get_the_same_404_as_missing_ones(two_tenants):
     assert [x.id for x in a.files.list().data] == [f.id]
     assert [x.id for x in a.batches.list().data] == [batch.id]
     assert a.batches.retrieve(batch.id).status == "in_progress"
-    assert a.files.content(f.id).read() == jsonl([chat_line(1)])
+    assert a.files.content(f.id).read() == jsonl([slow_line(1)])
     # a deleted file is a 404 like the others
     a.files.delete(f.id)
     assert _not_found_body(lambda: a.files.retrieve(f.id)) == _not_found_body(lambda: a.files.retrieve(missing_file))

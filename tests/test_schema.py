@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from openapi_schema_validator import OAS31Validator
 
-from conftest import ROOT, chat_line, jsonl, wait_status
+from conftest import ROOT, jsonl, slow_line, wait_status
 
 SPEC_PATH = ROOT.parent / "shared" / "reference" / "openai-batch-files.openapi.json"
 if not SPEC_PATH.exists():
@@ -56,7 +56,7 @@ def raw(server, key, method, path, body=None):
 
 def test_batch_and_file_objects_match_openai_schema(spec, server, new_key, client):
     key = client.api_key
-    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1), chat_line(2)]))), purpose="batch")
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl([slow_line(1), slow_line(2)]))), purpose="batch")
     check(spec, "OpenAIFile", raw(server, key, "GET", f"/files/{f.id}"))
     files = raw(server, key, "GET", "/files")
     check(spec, "ListFilesResponse", files)

@@ -1,53 +1,309 @@
-"""The worker: sweeps batches that are due for a transition, and runs requests upstream."""
+"""The worker: claims chunks of running batches with leases, runs their requests upstream,
+records outcomes in group commits, and sweeps batches due for a transition.
+
+Wake-ups come from LISTEN/NOTIFY (channel 'eventbatch'); polling guarantees progress when a
+notification is lost."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import socket
+import time
+import uuid
 
+import aiohttp
+import msgspec
 import asyncpg
 import structlog
 
-from .. import commands
+from .. import commands, events as ev, files, projections, store
 from ..config import Settings
+from ..validation import iter_chunk_lines
+from . import upstream
+from .providers import Provider, load_providers, provider_for
+from .recorder import HeldChunk, Recorder
 
 log = structlog.get_logger("eventbatch.worker")
 
-SELECT_OPEN_BATCHES = "SELECT id, status FROM batch_view WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')"
+CHANNEL = "eventbatch"
+POLL_INTERVAL = 0.5
+SELECT_OPEN_BATCHES = ("SELECT id, status FROM batch_view "
+                       "WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')")
+
+CLAIM_CHUNKS = """
+WITH c AS (
+    SELECT w.batch_id, w.chunk_no FROM work_chunks w JOIN batch_view b ON b.id = w.batch_id
+    WHERE NOT w.done AND b.status = 'in_progress'
+      AND (w.lease_expires_at IS NULL OR w.lease_expires_at < now())
+    ORDER BY b.seq, w.chunk_no
+    LIMIT $2
+    FOR UPDATE OF w SKIP LOCKED
+)
+UPDATE work_chunks w
+SET lease_owner = $1, lease_epoch = w.lease_epoch + 1, lease_expires_at = now() + make_interval(secs => $3)
+FROM c WHERE w.batch_id = c.batch_id AND w.chunk_no = c.chunk_no
+RETURNING w.batch_id, w.chunk_no, w.first_index, w.count, w.byte_start, w.byte_end, w.lease_epoch
+"""
+HEARTBEAT = """
+UPDATE work_chunks SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND NOT done
+RETURNING batch_id, chunk_no, lease_epoch
+"""
+BATCH_STATUSES = "SELECT id, status FROM batch_view WHERE id = ANY($1::text[])"
+
+
+class BatchRun:
+    """What a worker needs to know of a batch it runs requests for."""
+
+    def __init__(self, state, provider: Provider | None):
+        self.id = state.id
+        self.endpoint = state.endpoint
+        self.input_file_id = state.input_file_id
+        self.model = state.model
+        self.expires_at = state.expires_at or math.inf
+        self.provider = provider
+        self.url = provider.url_for(state.endpoint) if provider else None
+        self.active = True    # false once cancelling, expired or finished: no new request starts
+
+    def may_start(self) -> bool:
+        return self.active and time.time() < self.expires_at
 
 
 class Worker:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, sweep_interval: float = 1.0):
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, sweep_interval: float = 1.0,
+                 providers: list[Provider] | None = None):
         self.settings, self.pool, self.sweep_interval = settings, pool, sweep_interval
+        self.providers = providers if providers is not None else load_providers(settings)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.semaphores = {p.name: asyncio.Semaphore(p.concurrency) for p in self.providers}
+        total = sum(p.concurrency for p in self.providers)
+        self.max_chunks = max(2, math.ceil(2 * total / settings.chunk_size))
+        self.held: dict[tuple[str, int], HeldChunk] = {}
+        self.runs: dict[str, BatchRun] = {}
+        self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
+                                 on_chunk_finished=self._chunk_finished)
         self._stop = asyncio.Event()
+        self._claim_wake = asyncio.Event()
+        self._watch_wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+        self._listener: asyncpg.Connection | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweeper"))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+            auto_decompress=True, raise_for_status=False)
+        try:
+            self._listener = await self.pool.acquire()
+            await self._listener.add_listener(CHANNEL, self._notified)
+        except Exception:
+            log.warning("listen_unavailable_polling_only")
+        log.info("worker_started", worker=self.owner, providers=[p.name for p in self.providers],
+                 max_chunks=self.max_chunks)
+        for coro, name in ((self.recorder.run(), "recorder"), (self._claim_loop(), "claimer"),
+                           (self._heartbeat_loop(), "heartbeat"), (self._watch_loop(), "watcher"),
+                           (self._sweep_loop(), "sweeper")):
+            self._tasks.append(asyncio.create_task(coro, name=name))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, let requests in flight finish for `grace` seconds, record what
+        finished, give the rest back, exit."""
         self._stop.set()
+        self._claim_wake.set()
+        chunk_tasks = [c.task for c in self.held.values() if c.task is not None]
+        if chunk_tasks:
+            await asyncio.wait(chunk_tasks, timeout=grace)
+        for c in list(self.held.values()):
+            self._abort(c, release=True)
+        await asyncio.gather(*chunk_tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.recorder.drain(), timeout=30)
+        except asyncio.TimeoutError:
+            log.warning("recorder_drain_timeout")
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if self._listener is not None:
+            try:
+                await self._listener.remove_listener(CHANNEL, self._notified)
+            finally:
+                await self.pool.release(self._listener)
+        if self._session is not None:
+            await self._session.close()
+        log.info("worker_stopped", worker=self.owner)
 
-    async def _sweep_loop(self) -> None:
+    def _notified(self, conn, pid, channel, payload) -> None:
+        self._claim_wake.set()
+        self._watch_wake.set()
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def _every(self, interval: float, step, wake: asyncio.Event | None = None) -> None:
         while not self._stop.is_set():
             try:
-                await self.sweep()
+                await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("sweep_failed")
+                log.exception("worker_step_failed", step=step.__name__)
+            waiter = wake.wait() if wake is not None else self._stop.wait()
             try:
-                await asyncio.wait_for(self._stop.wait(), self.sweep_interval)
+                await asyncio.wait_for(waiter, interval)
             except asyncio.TimeoutError:
                 pass
+            if wake is not None:
+                wake.clear()
+
+    # --- sweeping ----------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        await self._every(self.sweep_interval, self.sweep)
 
     async def sweep(self) -> None:
-        """Validate what waits for validation and settle what is due (expiry, cancel, completion).
-        Every step is safe to run in several workers at once."""
-        rows = await self.pool.fetch(SELECT_OPEN_BATCHES)
-        for r in rows:
+        """Validate what waits for validation and settle what is due (expiry, cancellation,
+        completion, a finalization a dead worker left). Safe in several workers at once."""
+        for r in await self.pool.fetch(SELECT_OPEN_BATCHES):
             if r["status"] == "validating":
                 await commands.validate_batch(self.pool, r["id"], self.settings.chunk_size)
             await commands.settle_batch(self.pool, r["id"])
+
+    def _batch_done(self, batch_id: str) -> None:
+        self._spawn(commands.settle_batch(self.pool, batch_id))
+
+    # --- claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        await self._every(POLL_INTERVAL, self._claim, self._claim_wake)
+
+    async def _claim(self) -> None:
+        while not self._stop.is_set():
+            room = self.max_chunks - len(self.held)
+            if room <= 0:
+                return
+            rows = await self.pool.fetch(CLAIM_CHUNKS, self.owner, room, self.settings.lease_seconds)
+            if not rows:
+                return
+            for row in rows:
+                chunk = HeldChunk(row)
+                run = await self._run_of(chunk.batch_id)
+                self.held[(chunk.batch_id, chunk.chunk_no)] = chunk
+                chunk.task = asyncio.create_task(self._run_chunk(chunk, run))
+                log.info("chunk_claimed", batch_id=chunk.batch_id, chunk=chunk.chunk_no, epoch=chunk.epoch)
+
+    async def _run_of(self, batch_id: str) -> BatchRun:
+        run = self.runs.get(batch_id)
+        if run is None:
+            async with self.pool.acquire() as conn:
+                state = await projections.get_batch(conn, batch_id)
+            run = self.runs[batch_id] = BatchRun(state, provider_for(self.providers, state.model))
+        return run
+
+    def _chunk_finished(self, chunk: HeldChunk) -> None:
+        self.held.pop((chunk.batch_id, chunk.chunk_no), None)
+        self._claim_wake.set()
+
+    def _abort(self, chunk: HeldChunk, *, release: bool) -> None:
+        """No new request of the chunk starts; those in flight are cancelled; with `release`,
+        the lease is given back once what finished is recorded."""
+        if self.held.pop((chunk.batch_id, chunk.chunk_no), None) is None:
+            return
+        chunk.aborted = True
+        if chunk.task is not None:
+            chunk.task.cancel()
+        if release and not chunk.lost:
+            self.recorder.release(chunk)
+        self._claim_wake.set()
+
+    # --- running requests ------------------------------------------------------------------
+
+    async def _run_chunk(self, chunk: HeldChunk, run: BatchRun) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                data = await files.read_range(conn, run.input_file_id, chunk.byte_start, chunk.byte_end)
+                settled = await store.settled_indexes(conn, run.id, chunk.first_index,
+                                                      chunk.first_index + chunk.count)
+            todo = [(chunk.first_index + i, line) for i, line in enumerate(iter_chunk_lines(data))
+                    if chunk.first_index + i not in settled]
+            chunk.remaining = len(todo)
+            if not todo:
+                self.recorder.finish(chunk)
+                self._chunk_finished(chunk)
+                return
+            await asyncio.gather(*(self._run_request(chunk, run, index, line) for index, line in todo))
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("chunk_failed", batch_id=chunk.batch_id, chunk=chunk.chunk_no)
+            self._abort(chunk, release=True)
+
+    async def _run_request(self, chunk: HeldChunk, run: BatchRun, index: int, line) -> None:
+        if run.provider is None:
+            self.recorder.add(chunk, ev.RequestFailed(
+                index=index, custom_id=line.custom_id, error_code="upstream_unreachable",
+                error_message=f"No upstream provider is configured for model '{run.model}'. "
+                              "Add it to a provider's models in EVENTBATCH_CONFIG."))
+            return
+        outcome = await upstream.call(
+            self._session, run.provider, self.semaphores[run.provider.name], run.url, bytes(line.body),
+            max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
+            may_start=lambda: run.may_start() and not chunk.aborted)
+        if outcome is None or chunk.aborted:
+            return  # not finished: settled later as batch_cancelled / batch_expired, or by the next lease holder
+        if outcome.succeeded:
+            event = ev.RequestSucceeded(index=index, custom_id=line.custom_id, status_code=outcome.status_code,
+                                        body=msgspec.Raw(outcome.body), attempts=outcome.attempts,
+                                        request_id=outcome.request_id, usage=outcome.usage or ev.Usage())
+        else:
+            event = ev.RequestFailed(
+                index=index, custom_id=line.custom_id, attempts=outcome.attempts, status_code=outcome.status_code,
+                body=msgspec.Raw(outcome.body) if outcome.body is not None else None,
+                request_id=outcome.request_id, error_code=outcome.error_code, error_message=outcome.error_message)
+        self.recorder.add(chunk, event)
+
+    # --- leases and cancellation -------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        await self._every(max(self.settings.lease_seconds / 3, 0.2), self._heartbeat)
+
+    async def _heartbeat(self) -> None:
+        if not self.held:
+            return
+        rows = await self.pool.fetch(HEARTBEAT, self.owner, self.settings.lease_seconds)
+        alive = {(r["batch_id"], r["chunk_no"]): r["lease_epoch"] for r in rows}
+        for key, chunk in list(self.held.items()):
+            if alive.get(key) != chunk.epoch:
+                chunk.lost = True
+                log.warning("lease_lost", batch_id=chunk.batch_id, chunk=chunk.chunk_no)
+                self._abort(chunk, release=False)
+
+    async def _watch_loop(self) -> None:
+        await self._every(POLL_INTERVAL, self._watch, self._watch_wake)
+
+    async def _watch(self) -> None:
+        """Stop the requests of batches that are no longer running (cancelled, expired)."""
+        batch_ids = {c.batch_id for c in self.held.values()}
+        if not batch_ids:
+            return
+        now = time.time()
+        statuses = {r["id"]: r["status"] for r in await self.pool.fetch(BATCH_STATUSES, list(batch_ids))}
+        for batch_id in batch_ids:
+            run = self.runs.get(batch_id)
+            if statuses.get(batch_id) != "in_progress" or (run is not None and now >= run.expires_at):
+                if run is not None:
+                    run.active = False
+                log.info("batch_stopping_requests", batch_id=batch_id, status=statuses.get(batch_id))
+                for chunk in [c for c in self.held.values() if c.batch_id == batch_id]:
+                    self._abort(chunk, release=True)
+                self._spawn(self._settle_after_release(batch_id))
+
+    async def _settle_after_release(self, batch_id: str) -> None:
+        await self.recorder.drain()
+        await commands.settle_batch(self.pool, batch_id)

@@ -1,0 +1,107 @@
+"""Upstream providers, from operator configuration only: EVENTBATCH_UPSTREAM_URL/_API_KEY, or
+several in the EVENTBATCH_CONFIG TOML file. The host a request goes to never comes from a request.
+
+    [[providers]]
+    name = "openai"
+    base_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"     # the name of the variable holding the key, never the key
+    models = ["gpt-4o-mini"]           # omit to serve every model not claimed by another provider
+    concurrency = 64                   # requests in flight from one worker process
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Mapping
+from urllib.parse import urlsplit
+
+import msgspec
+
+from ..config import Settings, SettingsError
+
+
+class Provider(msgspec.Struct, kw_only=True):
+    name: str
+    base_url: str
+    api_key: str | None = None
+    models: list[str] | None = None
+    concurrency: int = 64
+
+    def __repr__(self) -> str:  # the key stays out of every repr, log and error
+        return f"Provider(name={self.name!r}, base_url={self.base_url!r}, models={self.models!r})"
+
+    def url_for(self, endpoint: str) -> str:
+        # A line's url '/v1/chat/completions' goes to '{base}/chat/completions'.
+        return self.base_url + endpoint.removeprefix("/v1")
+
+
+class _ProviderEntry(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    base_url: str
+    api_key_env: str | None = None
+    models: list[str] | None = None
+    concurrency: int | None = None
+
+
+class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True):
+    providers: list[_ProviderEntry]
+
+
+def _check_url(url: str, where: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{where}: base_url {url!r} is not an http(s) URL; give the provider's base URL "
+                            "including /v1.")
+    return url.rstrip("/")
+
+
+def load_providers(settings: Settings, env: Mapping[str, str] | None = None) -> list[Provider]:
+    env = os.environ if env is None else env
+    providers: list[Provider] = []
+    if settings.config_path is not None:
+        where = f"EVENTBATCH_CONFIG {str(settings.config_path)!r}"
+        try:
+            raw = tomllib.loads(settings.config_path.read_text())
+            config = msgspec.convert(raw, _ConfigFile)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{where}: cannot read it ({exc}); check the path.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{where}: not valid TOML ({exc}); fix the file.") from None
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"{where}: {exc}; each [[providers]] entry takes name, base_url, "
+                                "api_key_env, models, concurrency.") from None
+        names = set()
+        for p in config.providers:
+            if p.name in names:
+                raise SettingsError(f"{where}: provider name {p.name!r} is used twice; names must be unique.")
+            names.add(p.name)
+            key = None
+            if p.api_key_env:
+                key = env.get(p.api_key_env)
+                if not key:
+                    raise SettingsError(f"{where}: provider {p.name!r} reads its key from ${p.api_key_env}, "
+                                        "which is not set; export it or remove api_key_env.")
+            concurrency = p.concurrency if p.concurrency is not None else settings.upstream_concurrency
+            if not 1 <= concurrency <= 10_000:
+                raise SettingsError(f"{where}: provider {p.name!r} concurrency must be between 1 and 10000.")
+            providers.append(Provider(name=p.name, base_url=_check_url(p.base_url, where), api_key=key,
+                                      models=p.models, concurrency=concurrency))
+    if settings.upstream_url is not None:
+        providers.append(Provider(name="default", base_url=settings.upstream_url, api_key=settings.upstream_api_key,
+                                  concurrency=settings.upstream_concurrency))
+    if not providers:
+        raise SettingsError("no upstream provider is configured; set EVENTBATCH_UPSTREAM_URL (and "
+                            "EVENTBATCH_UPSTREAM_API_KEY) or EVENTBATCH_CONFIG.")
+    return providers
+
+
+def provider_for(providers: list[Provider], model: str | None) -> Provider | None:
+    """The first provider that names the model, else the first that serves every model."""
+    for p in providers:
+        if p.models is not None and model in p.models:
+            return p
+    for p in providers:
+        if p.models is None:
+            return p
+    return None

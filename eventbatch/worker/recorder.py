@@ -1,0 +1,181 @@
+"""Group commit of request outcomes: many outcomes per transaction, one view update per batch
+per flush, fenced by each chunk's lease epoch.
+
+A flush takes, per batch (in id order, so concurrent flushers cannot deadlock): the batch view
+row lock, then the lease rows of the chunks it writes for. Outcomes of a chunk whose lease this
+worker no longer holds are dropped: another worker owns those requests now."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Callable
+
+import asyncpg
+import structlog
+
+from .. import batch as domain, events as ev, projections, store
+
+log = structlog.get_logger("eventbatch.worker")
+
+FLUSH_EVERY = 0.005      # seconds an outcome may wait for company
+FLUSH_MAX = 1000         # outcomes per transaction
+
+LOCK_LEASES = """
+SELECT chunk_no, lease_owner, lease_epoch, done FROM work_chunks
+WHERE batch_id = $1 AND chunk_no = ANY($2::int[]) ORDER BY chunk_no FOR UPDATE
+"""
+MARK_DONE = """
+UPDATE work_chunks SET done = true, lease_owner = NULL, lease_expires_at = NULL
+WHERE batch_id = $1 AND chunk_no = ANY($2::int[])
+"""
+RELEASE = """
+UPDATE work_chunks SET lease_owner = NULL, lease_expires_at = NULL
+WHERE batch_id = $1 AND chunk_no = ANY($2::int[]) AND lease_owner = $3
+"""
+ANY_OPEN = "SELECT EXISTS (SELECT 1 FROM work_chunks WHERE batch_id = $1 AND NOT done)"
+
+
+class HeldChunk:
+    """A chunk this worker holds a lease on."""
+    __slots__ = ("batch_id", "chunk_no", "first_index", "count", "byte_start", "byte_end", "epoch",
+                 "remaining", "aborted", "task", "lost")
+
+    def __init__(self, row: asyncpg.Record):
+        self.batch_id: str = row["batch_id"]
+        self.chunk_no: int = row["chunk_no"]
+        self.first_index: int = row["first_index"]
+        self.count: int = row["count"]
+        self.byte_start: int = row["byte_start"]
+        self.byte_end: int = row["byte_end"]
+        self.epoch: int = row["lease_epoch"]
+        self.remaining = -1          # requests without a recorded outcome; known once the chunk is read
+        self.aborted = False         # no new request of this chunk may start
+        self.lost = False            # the lease is gone: nothing of this chunk may be recorded
+        self.task: asyncio.Task | None = None
+
+
+class Recorder:
+    def __init__(self, pool: asyncpg.Pool, owner: str, on_batch_done: Callable[[str], None],
+                 on_chunk_finished: Callable[[HeldChunk], None], on_recorded: Callable[[int], None] | None = None):
+        self.pool, self.owner = pool, owner
+        self.on_batch_done, self.on_chunk_finished, self.on_recorded = on_batch_done, on_chunk_finished, on_recorded
+        self._outcomes: list[tuple[HeldChunk, ev.RequestSucceeded | ev.RequestFailed]] = []
+        self._finished: list[HeldChunk] = []     # chunks with nothing left to record
+        self._releases: list[HeldChunk] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def add(self, chunk: HeldChunk, outcome: ev.RequestSucceeded | ev.RequestFailed) -> None:
+        self._outcomes.append((chunk, outcome))
+        self._idle.clear()
+        self._wake.set()
+
+    def finish(self, chunk: HeldChunk) -> None:
+        """All of the chunk's requests have outcomes (recorded now or earlier): mark it done."""
+        self._finished.append(chunk)
+        self._idle.clear()
+        self._wake.set()
+
+    def release(self, chunk: HeldChunk) -> None:
+        """Give the chunk's lease back after what it finished is recorded."""
+        self._releases.append(chunk)
+        self._idle.clear()
+        self._wake.set()
+
+    async def drain(self) -> None:
+        while self._outcomes or self._finished or self._releases or not self._idle.is_set():
+            self._wake.set()
+            await asyncio.sleep(0.01)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._outcomes) < FLUSH_MAX:
+                await asyncio.sleep(FLUSH_EVERY)
+            outcomes, self._outcomes = self._outcomes[:FLUSH_MAX], self._outcomes[FLUSH_MAX:]
+            finished, self._finished = self._finished, []
+            releases, self._releases = self._releases, []
+            if not (outcomes or finished or releases):
+                self._idle.set()
+                continue
+            try:
+                await self._flush(outcomes, finished, releases)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Nothing was committed: put everything back and try again shortly.
+                log.exception("outcome_flush_failed", outcomes=len(outcomes))
+                self._outcomes[:0] = outcomes
+                self._finished[:0] = finished
+                self._releases[:0] = releases
+                await asyncio.sleep(0.5)
+            if self._outcomes or self._finished or self._releases:
+                self._wake.set()
+            else:
+                self._idle.set()
+
+    async def _flush(self, outcomes, finished, releases) -> None:
+        by_batch: dict[str, list] = defaultdict(list)
+        for chunk, o in outcomes:
+            by_batch[chunk.batch_id].append((chunk, o))
+        for chunk in finished + releases:
+            by_batch.setdefault(chunk.batch_id, [])
+        batches_done: list[str] = []
+        lost: list[HeldChunk] = []
+        recorded = 0
+        decrements: dict[HeldChunk, int] = defaultdict(int)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for batch_id in sorted(by_batch):
+                items = by_batch[batch_id]
+                chunks = {c for c, _ in items} | {c for c in finished + releases if c.batch_id == batch_id}
+                state = await projections.lock_batch(conn, batch_id)
+                leases = {r["chunk_no"]: r for r in await conn.fetch(
+                    LOCK_LEASES, batch_id, sorted({c.chunk_no for c in chunks}))}
+                held = set()
+                for c in chunks:
+                    r = leases.get(c.chunk_no)
+                    if r is not None and r["lease_owner"] == self.owner and r["lease_epoch"] == c.epoch \
+                            and not r["done"]:
+                        held.add(c)
+                    else:
+                        lost.append(c)
+                if state is None or state.terminal:
+                    continue
+                keep = [o for c, o in items if c in held]
+                if keep:
+                    inserted = await store.append_outcomes(conn, batch_id, keep)
+                    new = [o for o in keep if o.index in inserted]
+                    if new:
+                        state = domain.fold(state, new)
+                        await projections.save_batch(conn, state)
+                        recorded += len(new)
+                for c, _ in items:
+                    if c in held:
+                        decrements[c] += 1
+                done = [c.chunk_no for c in held if c in finished or c.remaining - decrements[c] == 0 and
+                        c.remaining >= 0]
+                if done:
+                    await conn.execute(MARK_DONE, batch_id, done)
+                    if not await conn.fetchval(ANY_OPEN, batch_id):
+                        batches_done.append(batch_id)
+                rel = [c.chunk_no for c in releases if c in held and c.chunk_no not in done]
+                if rel:
+                    await conn.execute(RELEASE, batch_id, rel, self.owner)
+        for c, n in decrements.items():
+            c.remaining -= n
+            if c.remaining == 0:
+                self.on_chunk_finished(c)
+        for c in lost:
+            if not c.lost:
+                c.lost = c.aborted = True
+                log.warning("lease_lost", batch_id=c.batch_id, chunk=c.chunk_no)
+                if c.task is not None:
+                    c.task.cancel()
+        if self.on_recorded and recorded:
+            self.on_recorded(recorded)
+        for b in batches_done:
+            self.on_batch_done(b)

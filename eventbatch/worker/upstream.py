@@ -1,0 +1,172 @@
+"""One request upstream, with retries: exponential backoff with full jitter on 429, 5xx,
+timeouts and connection errors, Retry-After honoured, other 4xx final. Every attempt is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+
+import aiohttp
+import msgspec
+
+from .. import events as ev
+from .providers import Provider
+
+BACKOFF_BASE = 0.1      # seconds before the 2nd attempt, doubling after
+BACKOFF_CAP = 20.0
+RETRY_AFTER_CAP = 60.0
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
+    input_tokens_details: _Details | None = None
+    output_tokens_details: _Details | None = None
+
+
+class _Envelope(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+def usage_of(body: bytes) -> ev.Usage | None:
+    """The usage block of a JSON response (chat/completions or responses naming), or None when
+    the body is not JSON at all."""
+    try:
+        u = _envelope.decode(body).usage
+    except msgspec.ValidationError:
+        u = None  # JSON, but an unexpected usage shape: count nothing
+    except msgspec.DecodeError:
+        return None
+    if u is None:
+        return ev.Usage()
+    cached = (u.prompt_tokens_details or u.input_tokens_details or _Details()).cached_tokens
+    reasoning = (u.completion_tokens_details or u.output_tokens_details or _Details()).reasoning_tokens
+    inp = u.prompt_tokens or u.input_tokens
+    out = u.completion_tokens or u.output_tokens
+    return ev.Usage(input_tokens=inp, cached_tokens=cached, output_tokens=out, reasoning_tokens=reasoning,
+                    total_tokens=u.total_tokens or inp + out)
+
+
+def retry_after(headers) -> float | None:
+    """Seconds the provider asks us to wait: retry-after-ms (OpenAI's), else Retry-After in
+    seconds or as an HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return min(max(float(ms) / 1000.0, 0.0), RETRY_AFTER_CAP)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if ra:
+        try:
+            return min(max(float(ra), 0.0), RETRY_AFTER_CAP)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(ra).timestamp()
+                return min(max(when - time.time(), 0.0), RETRY_AFTER_CAP)
+            except (TypeError, ValueError):
+                pass
+    return None
+
+
+def backoff(attempt: int) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1))))
+
+
+class Outcome(msgspec.Struct):
+    """What came of a request after its last attempt."""
+    attempts: list[ev.Attempt]
+    status_code: int | None = None
+    body: bytes | None = None
+    request_id: str | None = None
+    usage: ev.Usage | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _scrub(body: bytes, key: str | None) -> bytes:
+    # An upstream error may echo the key it was sent; it must never reach a file or an event.
+    if key and key.encode() in body:
+        body = body.replace(key.encode(), b"[redacted]")
+    return body
+
+
+async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: asyncio.Semaphore, url: str,
+               body: bytes, *, max_attempts: int, timeout: float, may_start=lambda: True,
+               on_attempt=None) -> Outcome | None:
+    """Send one request, retrying what is worth retrying. Returns None when `may_start()` said no
+    before an attempt (the batch is being cancelled or expired): the request did not finish."""
+    headers = {"Content-Type": "application/json"}
+    if provider.api_key:
+        headers["Authorization"] = f"Bearer {provider.api_key}"
+    attempts: list[ev.Attempt] = []
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    while True:
+        async with semaphore:
+            if not may_start():
+                return None
+            started = time.time()
+            t0 = time.perf_counter()
+            status = None
+            error = None
+            wait = None
+            data = b""
+            request_id = None
+            try:
+                async with session.post(url, data=body, headers=headers, timeout=client_timeout) as r:
+                    data = await r.read()
+                    status = r.status
+                    request_id = r.headers.get("x-request-id")
+                    if status == 429 or status >= 500:
+                        wait = retry_after(r.headers)
+            except asyncio.TimeoutError:
+                error = "request_timeout"
+            except (aiohttp.ClientError, OSError) as exc:
+                error = "upstream_unreachable"
+                data = type(exc).__name__.encode()
+            duration = int((time.perf_counter() - t0) * 1000)
+        attempts.append(ev.Attempt(at=started, duration_ms=duration, status_code=status,
+                                   error=None if error is None else (error if error == "request_timeout"
+                                                                     else f"{error}: {data.decode()}")))
+        if on_attempt is not None:
+            on_attempt(status, duration)
+        if status is not None and status != 429 and status < 500:
+            data = _scrub(data, provider.api_key)
+            usage = usage_of(data) if 200 <= status < 300 else None
+            if 200 <= status < 300 and usage is None:
+                # A 2xx whose body is not JSON: keep it, as a JSON string, so the line stays valid.
+                data, usage = msgspec.json.encode(data.decode("utf-8", "replace")), ev.Usage()
+            elif not 200 <= status < 300 and usage_of(data) is None:
+                data = msgspec.json.encode({"error": {"message": data.decode("utf-8", "replace")[:2000]}})
+            return Outcome(attempts=attempts, status_code=status, body=data, request_id=request_id, usage=usage)
+        if len(attempts) >= max_attempts:
+            if status is not None:
+                data = _scrub(data, provider.api_key)
+                if usage_of(data) is None:
+                    data = msgspec.json.encode({"error": {"message": data.decode("utf-8", "replace")[:2000]}})
+                return Outcome(attempts=attempts, status_code=status, body=data, request_id=request_id)
+            message = (f"No answer within {timeout:g}s after {len(attempts)} attempt(s)." if error == "request_timeout"
+                       else f"Could not reach the upstream provider '{provider.name}' after {len(attempts)} "
+                            "attempt(s).")
+            return Outcome(attempts=attempts, error_code=error, error_message=message)
+        await asyncio.sleep(wait if wait is not None else backoff(len(attempts)))
