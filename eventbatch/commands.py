@@ -207,7 +207,7 @@ def output_line(batch_id: str, o: ev.RequestSucceeded | ev.RequestFailed) -> byt
                           _OutError(o.error_code or "upstream_unreachable", o.error_message or ""))
     else:
         line = OutputLine(ids.request_line_id(batch_id, o.index), o.custom_id,
-                          _OutResponse(o.status_code, o.request_id, o.body or msgspec.Raw(b"null")), None)
+                          _OutResponse(o.status_code, o.request_id, o.body), None)
     return _line_encoder.encode(line) + b"\n"
 
 

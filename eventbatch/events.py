@@ -94,6 +94,9 @@ class BatchStarted(Event, tag="batch_started"):
     at: float
 
 
+NULL = msgspec.Raw(b"null")
+
+
 class RequestSucceeded(Event, tag="request_succeeded"):
     index: int
     custom_id: str
@@ -112,7 +115,7 @@ class RequestFailed(Event, tag="request_failed"):
     custom_id: str
     attempts: list[Attempt] = []
     status_code: int | None = None
-    body: msgspec.Raw | None = None
+    body: msgspec.Raw = NULL         # msgspec.Raw cannot sit in a union with None; JSON null stands for none
     request_id: str | None = None
     error_code: str | None = None
     error_message: str | None = None

@@ -68,6 +68,11 @@ async def get_batch(conn, batch_id: str, project: str | None = None) -> BatchSta
     return None if doc is None else decode_batch(doc)
 
 
+async def batch_status(conn, batch_id: str) -> str | None:
+    """The batch's status alone (no decoding of the view), for callers that poll it."""
+    return await conn.fetchval("SELECT status FROM batch_view WHERE id = $1", batch_id)
+
+
 UPSERT_BATCH = """
 INSERT INTO batch_view (id, project, seq, status, version, doc) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, version = EXCLUDED.version, doc = EXCLUDED.doc

@@ -87,6 +87,11 @@ async def settled_indexes(conn: asyncpg.Connection, batch_id: str, start: int, e
     return {r[0] for r in await conn.fetch(SELECT_OUTCOMES_IN_RANGE, batch_id, start, end)}
 
 
+async def batch_events_page(conn: asyncpg.Connection, batch_id: str, *, after: int, limit: int) -> list[asyncpg.Record]:
+    """One page of a batch's events in log order: position, type, data, recorded_at."""
+    return await conn.fetch(SELECT_BATCH_EVENTS, batch_id, after, limit)
+
+
 async def read_batch_events(conn: asyncpg.Connection, batch_id: str, *, after: int = 0,
                             page: int = 2000) -> AsyncIterator[asyncpg.Record]:
     """Every event of a batch in log order, fetched in pages (bounded memory)."""

@@ -60,28 +60,67 @@ def database_url(tmp_path_factory):
         server.cleanup()
 
 
+class DB:
+    """A small sync helper over one database: fetch, fetchval, execute."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def _call(self, method, sql, *args):
+        async def go():
+            conn = await asyncpg.connect(self.url)
+            try:
+                return await getattr(conn, method)(sql, *args)
+            finally:
+                await conn.close()
+        return run(go())
+
+    def fetch(self, sql, *args):
+        return self._call("fetch", sql, *args)
+
+    def fetchval(self, sql, *args):
+        return self._call("fetchval", sql, *args)
+
+    def execute(self, sql, *args):
+        return self._call("execute", sql, *args)
+
+
 @pytest.fixture(scope="session")
 def db(database_url):
-    """A small sync helper: db.fetch(sql, *args), db.execute(...), db.fetchval(...)."""
-    class DB:
-        def _call(self, method, sql, *args):
-            async def go():
-                conn = await asyncpg.connect(database_url)
-                try:
-                    return await getattr(conn, method)(sql, *args)
-                finally:
-                    await conn.close()
-            return run(go())
+    return DB(database_url)
 
-        def fetch(self, sql, *args):
-            return self._call("fetch", sql, *args)
 
-        def fetchval(self, sql, *args):
-            return self._call("fetchval", sql, *args)
+def _with_dbname(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
 
-        def execute(self, sql, *args):
-            return self._call("execute", sql, *args)
-    return DB()
+
+@pytest.fixture(scope="session")
+def fresh_db(database_url):
+    """A new database cloned from a migrated template, for tests whose workers must not meet
+    the shared server's (every worker of a database claims its work)."""
+    template = "eventbatch_template"
+    admin = DB(database_url)
+    admin.execute(f"DROP DATABASE IF EXISTS {template}")
+    admin.execute(f"CREATE DATABASE {template}")
+
+    async def migrate_template():
+        from eventbatch import db as dbmod
+        conn = await asyncpg.connect(_with_dbname(database_url, template))
+        try:
+            await dbmod.migrate(conn)
+        finally:
+            await conn.close()
+    run(migrate_template())
+    made = []
+
+    def make() -> DB:
+        name = "eb_" + uuid.uuid4().hex[:12]
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+        made.append(name)
+        return DB(_with_dbname(database_url, name))
+    yield make
 
 
 class Proc:
@@ -141,8 +180,8 @@ def start_proc(database_url, tmp_path_factory):
     procs: list[Proc] = []
     logs = tmp_path_factory.mktemp("logs")
 
-    def start(*args: str, http_port: int | None = None, **env_extra: str) -> Proc:
-        p = Proc(list(args), base_env(database_url, **env_extra), logs / f"{args[0]}-{uuid.uuid4().hex[:6]}.log")
+    def start(*args: str, http_port: int | None = None, db_url: str | None = None, **env_extra: str) -> Proc:
+        p = Proc(list(args), base_env(db_url or database_url, **env_extra), logs / f"{args[0]}-{uuid.uuid4().hex[:6]}.log")
         procs.append(p)
         if http_port is not None:
             wait_http(f"http://127.0.0.1:{http_port}/v1/files", p)
@@ -194,11 +233,11 @@ def server(start_proc, mock):
 
 @pytest.fixture(scope="session")
 def new_key(database_url):
-    def make(project: str | None = None) -> str:
+    def make(project: str | None = None, db_url: str | None = None) -> str:
         from eventbatch import commands
 
         async def go():
-            conn = await asyncpg.connect(database_url)
+            conn = await asyncpg.connect(db_url or database_url)
             try:
                 return await commands.create_key(conn, project or f"proj-{uuid.uuid4().hex[:8]}")
             finally:

@@ -93,7 +93,7 @@ async def auth_middleware(request: web.Request, handler):
 def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database_url: str | None = None,
                pool_size: int = 10) -> web.Application:
     """The API. With `pool`, the caller owns the pool; otherwise it is opened on startup."""
-    from . import batches, files
+    from . import batch_events, batches, files, health
 
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=1024 ** 2)
     app[SETTINGS] = settings
@@ -116,4 +116,6 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
     app.cleanup_ctx.append(pool_ctx)
     files.add_routes(app)
     batches.add_routes(app)
+    batch_events.add_routes(app)
+    health.add_routes(app)
     return app

@@ -264,7 +264,7 @@ class Worker:
         else:
             event = ev.RequestFailed(
                 index=index, custom_id=line.custom_id, attempts=outcome.attempts, status_code=outcome.status_code,
-                body=msgspec.Raw(outcome.body) if outcome.body is not None else None,
+                body=msgspec.Raw(outcome.body) if outcome.body is not None else ev.NULL,
                 request_id=outcome.request_id, error_code=outcome.error_code, error_message=outcome.error_message)
         self.recorder.add(chunk, event)
 
