@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
 
     server_opts(sub.add_parser("serve", help="API and worker in one process"), True, True)
     server_opts(sub.add_parser("api", help="the HTTP API only"), True, False)
-    server_opts(sub.add_parser("worker", help="the worker only"), False, True)
+    wk = sub.add_parser("worker", help="the worker only")
+    server_opts(wk, False, True)
+    wk.add_argument("--host", default="127.0.0.1", help="address of --metrics-port")
+    wk.add_argument("--metrics-port", dest="port", type=int, help="serve /metrics, /healthz, /readyz on this port")
     sub.add_parser("migrate", help="apply database migrations")
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     kc = keys.add_parser("create", help="create an API key for a project")

@@ -44,6 +44,17 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
         if role in ("serve", "worker"):
             worker = Worker(settings, pool)
             await worker.start()
+        if role == "worker" and port is not None:
+            # A worker has no API; it answers probes and /metrics on its own port when given one.
+            from .api import health
+            from .api.app import POOL
+            probes = web.Application()
+            probes[POOL] = pool
+            health.add_routes(probes)
+            runner = web.AppRunner(probes, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, host or "127.0.0.1", port).start()
+            log.info("worker_probes_listening", url=f"http://{host or '127.0.0.1'}:{port}")
         await stop.wait()
         log.info("shutting_down", role=role)
     finally:
@@ -99,10 +110,10 @@ class ReplayLine(msgspec.Struct, omit_defaults=True):
 def _describe(e: ev.Event, status: str | None) -> dict:
     match e:
         case ev.RequestSucceeded() | ev.RequestFailed():
-            last = e.attempts[-1] if e.attempts else None
+            tried = ", ".join(f"{a.status_code or a.error} ({a.duration_ms} ms)" for a in e.attempts)
             return dict(custom_id=e.custom_id, index=e.index, attempts=len(e.attempts),
-                        status_code=e.status_code if e.status_code is not None else (last and last.status_code),
-                        error_code=getattr(e, "error_code", None))
+                        status_code=e.status_code, error_code=getattr(e, "error_code", None),
+                        detail=f"tried: {tried}" if tried else None)
         case ev.BatchCreated():
             return dict(status=status, detail=f"endpoint={e.endpoint} input_file_id={e.input_file_id}")
         case ev.BatchValidated():
@@ -125,7 +136,7 @@ async def replay(settings: Settings, batch_id: str, *, as_json: bool, requests: 
                 raise SettingsError(f"no batch '{batch_id}' in the log; check the id (eventbatch replay BATCH_ID).")
             state = None
             first_at = last_at = None
-            succeeded = failed = retried = 0
+            succeeded = failed = retried = attempts = upstream_ms = 0
             async for row in store.read_batch_events(conn, batch_id):
                 e = ev.decode(row["data"])
                 at = row["recorded_at"]
@@ -136,6 +147,8 @@ async def replay(settings: Settings, batch_id: str, *, as_json: bool, requests: 
                     succeeded += isinstance(e, ev.RequestSucceeded)
                     failed += isinstance(e, ev.RequestFailed)
                     retried += len(e.attempts) > 1
+                    attempts += len(e.attempts)
+                    upstream_ms += sum(a.duration_ms for a in e.attempts)
                 state = evolve(state, e)
                 if is_request and not requests:
                     continue
@@ -150,12 +163,15 @@ async def replay(settings: Settings, batch_id: str, *, as_json: bool, requests: 
             duration = (last_at - first_at).total_seconds() if first_at else 0.0
             summary = dict(batch_id=batch_id, status=state.status if state else None,
                            requests_succeeded=succeeded, requests_failed=failed, requests_retried=retried,
+                           upstream_attempts=attempts,
+                           mean_attempt_ms=round(upstream_ms / attempts, 1) if attempts else None,
                            duration_seconds=round(duration, 3))
             if as_json:
                 out.write(enc.encode({"summary": summary}).decode() + "\n")
             else:
                 out.write(f"-- {batch_id}: {summary['status']}; {succeeded} succeeded, {failed} failed, "
-                          f"{retried} retried; {duration:.3f}s from first to last event\n")
+                          f"{retried} retried; {attempts} upstream attempts, mean {summary['mean_attempt_ms']} ms; "
+                          f"{duration:.3f}s from first to last event\n")
     finally:
         await pool.close()
     return 0

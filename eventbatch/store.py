@@ -15,6 +15,7 @@ from typing import AsyncIterator, Sequence
 import asyncpg
 
 from . import events as ev
+from .metrics import EVENTS_APPENDED
 
 
 class StreamConflict(Exception):
@@ -67,6 +68,7 @@ async def append(conn: asyncpg.Connection, stream: str, expected_version: int, e
             [ev.type_tag(e) for e in events], [ev.encode(e) for e in events], [batch_id] * n)
     except asyncpg.UniqueViolationError as exc:
         raise StreamConflict(f"stream {stream} moved past version {expected_version}") from exc
+    EVENTS_APPENDED.inc(amount=n)
     return [r["position"] for r in rows]
 
 
@@ -80,6 +82,7 @@ async def append_outcomes(conn: asyncpg.Connection, batch_id: str,
     rows = await conn.fetch(
         INSERT_OUTCOMES, batch_id, [f"{stream}/{o.index}" for o in outcomes], [ev.type_tag(o) for o in outcomes],
         [ev.encode(o) for o in outcomes], [o.index for o in outcomes])
+    EVENTS_APPENDED.inc(amount=len(rows))
     return {r["request_index"] for r in rows}
 
 

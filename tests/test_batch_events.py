@@ -18,8 +18,6 @@ import pytest
 
 from conftest import chat_line, free_port, jsonl, wait_status
 
-TERMINAL_TYPES = {"batch_cancelled", "batch_completed", "batch_expired", "batch_validation_failed"}
-
 
 def slow_batch(client: openai.OpenAI, n: int = 3):
     """A batch whose requests stay in flight for a minute at the mock: it sits in in_progress

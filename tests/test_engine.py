@@ -193,6 +193,13 @@ def test_concurrency_cap_and_key_never_leaks(start_proc, new_key, iso):
                        UPSTREAM_KEY) == 0
     for fid in (done.output_file_id, done.error_file_id):
         assert UPSTREAM_KEY.encode() not in client.files.content(fid).read()
+    # nor any HTTP body the API returns
+    bodies = [client.with_raw_response.batches.retrieve(b.id).http_response.text,
+              client.with_raw_response.batches.list().http_response.text,
+              client.with_raw_response.files.list().http_response.text,
+              client.get(f"/batches/{b.id}/events", cast_to=object, options={"params": {"limit": 1000}}).__repr__()]
+    assert all(UPSTREAM_KEY not in x for x in bodies)
+    assert len(bodies[-1]) > 1000  # the events page really was read
 
 
 def test_bad_upstream_config_fails_at_start_with_one_line(tmp_path, database_url):

@@ -12,9 +12,16 @@ from openapi_schema_validator import OAS31Validator
 
 from conftest import ROOT, jsonl, slow_line, wait_status
 
-SPEC_PATH = ROOT.parent / "shared" / "reference" / "openai-batch-files.openapi.json"
-if not SPEC_PATH.exists():
-    SPEC_PATH = ROOT / "tests" / "reference" / "openai-batch-files.openapi.json"
+# A verbatim copy of shared/reference/openai-batch-files.openapi.json, so a clone tests alone;
+# test_reference_copy_is_unchanged keeps the two equal where shared/ is beside the clone.
+SPEC_PATH = ROOT / "tests" / "reference" / "openai-batch-files.openapi.json"
+SHARED_SPEC = ROOT.parent / "shared" / "reference" / "openai-batch-files.openapi.json"
+
+
+def test_reference_copy_is_unchanged():
+    if not SHARED_SPEC.exists():
+        pytest.skip("shared/ is not beside this clone")
+    assert SPEC_PATH.read_bytes() == SHARED_SPEC.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from .. import commands
+from ..metrics import HTTP_REQUESTS
 from ..config import Settings
 from .errors import ApiError, error_response
 
@@ -21,7 +22,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", set)
 KEY_CACHE = web.AppKey("key_cache", dict)
-PROJECT = "project"  # request key: the authenticated project
+PROJECT = web.RequestKey("project", str)  # the authenticated project
 
 
 def spawn(app: web.Application, coro: Awaitable) -> None:
@@ -60,9 +61,14 @@ async def errors_middleware(request: web.Request, handler):
                                        "Retry, and report the x-request-id if it persists.")
     response.headers["x-request-id"] = request_id
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    log.info("http_request", method=request.method, route=route, status=response.status,
-             duration_ms=round((time.perf_counter() - start) * 1000, 2), request_id=request_id)
+    HTTP_REQUESTS.inc(request.method, route, response.status)
+    if route not in QUIET_ROUTES:
+        log.info("http_request", method=request.method, route=route, status=response.status,
+                 duration_ms=round((time.perf_counter() - start) * 1000, 2), request_id=request_id)
     return response
+
+
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # polled every few seconds: counted, not logged
 
 
 @web.middleware

@@ -13,7 +13,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from .. import db
+from .. import db, metrics
 from . import wire
 from .app import POOL
 from .errors import error_response
@@ -27,6 +27,14 @@ READY_TIMEOUT_SECONDS = 2.5
 
 class Probe(msgspec.Struct):
     status: str
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus text format: this process's counters, and system gauges read from the database."""
+    async with request.app[POOL].acquire() as conn:
+        text = await metrics.render(conn)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -54,3 +62,4 @@ async def readyz(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)

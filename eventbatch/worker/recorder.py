@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 
 from .. import batch as domain, events as ev, projections, store
+from ..metrics import REQUESTS
 
 log = structlog.get_logger("eventbatch.worker")
 
@@ -57,9 +58,9 @@ class HeldChunk:
 
 class Recorder:
     def __init__(self, pool: asyncpg.Pool, owner: str, on_batch_done: Callable[[str], None],
-                 on_chunk_finished: Callable[[HeldChunk], None], on_recorded: Callable[[int], None] | None = None):
+                 on_chunk_finished: Callable[[HeldChunk], None]):
         self.pool, self.owner = pool, owner
-        self.on_batch_done, self.on_chunk_finished, self.on_recorded = on_batch_done, on_chunk_finished, on_recorded
+        self.on_batch_done, self.on_chunk_finished = on_batch_done, on_chunk_finished
         self._outcomes: list[tuple[HeldChunk, ev.RequestSucceeded | ev.RequestFailed]] = []
         self._finished: list[HeldChunk] = []     # chunks with nothing left to record
         self._releases: list[HeldChunk] = []
@@ -126,7 +127,7 @@ class Recorder:
             by_batch.setdefault(chunk.batch_id, [])
         batches_done: list[str] = []
         lost: list[HeldChunk] = []
-        recorded = 0
+        recorded = {"completed": 0, "failed": 0}
         decrements: dict[HeldChunk, int] = defaultdict(int)
         async with self.pool.acquire() as conn, conn.transaction():
             for batch_id in sorted(by_batch):
@@ -152,7 +153,8 @@ class Recorder:
                     if new:
                         state = domain.fold(state, new)
                         await projections.save_batch(conn, state)
-                        recorded += len(new)
+                        for o in new:
+                            recorded["completed" if isinstance(o, ev.RequestSucceeded) else "failed"] += 1
                 for c, _ in items:
                     if c in held:
                         decrements[c] += 1
@@ -175,7 +177,8 @@ class Recorder:
                 log.warning("lease_lost", batch_id=c.batch_id, chunk=c.chunk_no)
                 if c.task is not None:
                     c.task.cancel()
-        if self.on_recorded and recorded:
-            self.on_recorded(recorded)
+        for outcome, n in recorded.items():
+            if n:
+                REQUESTS.inc(outcome, amount=n)
         for b in batches_done:
             self.on_batch_done(b)

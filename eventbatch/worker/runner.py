@@ -20,6 +20,7 @@ import structlog
 
 from .. import commands, events as ev, files, projections, store
 from ..config import Settings
+from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from ..validation import iter_chunk_lines
 from . import upstream
 from .providers import Provider, load_providers, provider_for
@@ -52,6 +53,11 @@ WHERE lease_owner = $1 AND NOT done
 RETURNING batch_id, chunk_no, lease_epoch
 """
 BATCH_STATUSES = "SELECT id, status FROM batch_view WHERE id = ANY($1::text[])"
+
+
+def _count_attempt(status: int | None, duration_ms: int) -> None:
+    UPSTREAM_ATTEMPTS.inc("error" if status is None else str(status))
+    UPSTREAM_LATENCY.observe(duration_ms / 1000.0)
 
 
 class BatchRun:
@@ -208,7 +214,12 @@ class Worker:
 
     def _chunk_finished(self, chunk: HeldChunk) -> None:
         self.held.pop((chunk.batch_id, chunk.chunk_no), None)
+        self._forget_if_idle(chunk.batch_id)
         self._claim_wake.set()
+
+    def _forget_if_idle(self, batch_id: str) -> None:
+        if not any(c.batch_id == batch_id for c in self.held.values()):
+            self.runs.pop(batch_id, None)
 
     def _abort(self, chunk: HeldChunk, *, release: bool) -> None:
         """No new request of the chunk starts; those in flight are cancelled; with `release`,
@@ -220,6 +231,7 @@ class Worker:
             chunk.task.cancel()
         if release and not chunk.lost:
             self.recorder.release(chunk)
+        self._forget_if_idle(chunk.batch_id)
         self._claim_wake.set()
 
     # --- running requests ------------------------------------------------------------------
@@ -254,7 +266,7 @@ class Worker:
         outcome = await upstream.call(
             self._session, run.provider, self.semaphores[run.provider.name], run.url, bytes(line.body),
             max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
-            may_start=lambda: run.may_start() and not chunk.aborted)
+            may_start=lambda: run.may_start() and not chunk.aborted, on_attempt=_count_attempt)
         if outcome is None or chunk.aborted:
             return  # not finished: settled later as batch_cancelled / batch_expired, or by the next lease holder
         if outcome.succeeded:
