@@ -133,7 +133,8 @@ class Proc:
                                   stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int | None = None) -> int:

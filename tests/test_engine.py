@@ -252,3 +252,57 @@ api_key_env = "SECOND_PROVIDER_KEY"
     assert wait_status(client, b2.id, {"completed"}).request_counts.completed == 20
     assert mock_stats(a)["successes"] == 30 and mock_stats(b_mock)["successes"] == 20
     assert mock_stats(b_mock)["authorization_seen"] == ["Bearer second-key-xyz"]
+
+
+def test_sigterm_worker_records_what_finished_and_releases_the_rest(start_proc, new_key, iso):
+    mock = start_mock(start_proc, "--latency-ms", "300")
+    common = dict(EVENTBATCH_UPSTREAM_URL=mock.base_url, EVENTBATCH_UPSTREAM_API_KEY=UPSTREAM_KEY,
+                  EVENTBATCH_LEASE_SECONDS="60", EVENTBATCH_UPSTREAM_CONCURRENCY="8", EVENTBATCH_CHUNK_SIZE="40")
+    api = start_server(start_proc, mock.base_url, role="api", db_url=iso.url)
+    client = make_client(api, new_key(db_url=iso.url))
+    lines = [chat_line(i) for i in range(400)]
+    first = start_proc("worker", db_url=iso.url, **common)
+    b = run_batch(client, lines)
+    while client.batches.retrieve(b.id).request_counts.completed < 16:
+        time.sleep(0.05)
+    t0 = time.time()
+    assert first.stop(signal.SIGTERM) == 0
+    assert time.time() - t0 < 15
+    log = first.log()
+    assert '"worker_stopped"' in log
+    # nothing is left leased to the stopped worker: the next worker need not wait 60 s for a lease
+    held = iso.fetchval("SELECT count(*) FROM work_chunks WHERE batch_id = $1 AND NOT done "
+                        "AND lease_expires_at > now()", b.id)
+    assert held == 0
+    recorded = iso.fetchval("SELECT count(*) FROM events WHERE batch_id = $1 AND request_index IS NOT NULL", b.id)
+    assert recorded == client.batches.retrieve(b.id).request_counts.completed > 0
+    start_proc("worker", db_url=iso.url, **common)
+    wait_status(client, b.id, {"completed"}, timeout=60)
+    out, err = assert_invariants(client, iso, b.id, [x["custom_id"] for x in lines])
+    assert len(out) == 400 and err == []
+
+
+def test_a_paused_worker_that_lost_its_lease_records_nothing(start_proc, new_key, iso):
+    """SIGSTOP a worker mid-request until its lease lapses and another worker finishes the
+    batch; when it wakes, its late answers are fenced off: still one outcome per request."""
+    mock = start_mock(start_proc, "--latency-ms", "400")
+    common = dict(EVENTBATCH_UPSTREAM_URL=mock.base_url, EVENTBATCH_UPSTREAM_API_KEY=UPSTREAM_KEY,
+                  EVENTBATCH_LEASE_SECONDS="1.5", EVENTBATCH_UPSTREAM_CONCURRENCY="8", EVENTBATCH_CHUNK_SIZE="20")
+    api = start_server(start_proc, mock.base_url, role="api", db_url=iso.url)
+    client = make_client(api, new_key(db_url=iso.url))
+    lines = [chat_line(i) for i in range(120)]
+    sleeper = start_proc("worker", db_url=iso.url, **common)
+    b = run_batch(client, lines)
+    while client.batches.retrieve(b.id).request_counts.completed < 8:
+        time.sleep(0.02)
+    time.sleep(0.1)  # requests in flight
+    sleeper.p.send_signal(signal.SIGSTOP)
+    try:
+        start_proc("worker", db_url=iso.url, **common)
+        wait_status(client, b.id, {"completed"}, timeout=60)
+    finally:
+        sleeper.p.send_signal(signal.SIGCONT)
+    time.sleep(3)  # the woken worker's answers arrive and try to be recorded
+    out, err = assert_invariants(client, iso, b.id, [x["custom_id"] for x in lines])
+    assert len(out) == 120 and err == []
+    assert '"lease_lost"' in sleeper.log()

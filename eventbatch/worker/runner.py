@@ -266,7 +266,8 @@ class Worker:
         outcome = await upstream.call(
             self._session, run.provider, self.semaphores[run.provider.name], run.url, bytes(line.body),
             max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
-            may_start=lambda: run.may_start() and not chunk.aborted, on_attempt=_count_attempt)
+            may_start=lambda: run.may_start() and not chunk.aborted and not self._stop.is_set(),
+            on_attempt=_count_attempt)
         if outcome is None or chunk.aborted:
             return  # not finished: settled later as batch_cancelled / batch_expired, or by the next lease holder
         if outcome.succeeded:
