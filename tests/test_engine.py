@@ -121,6 +121,12 @@ def test_cancel_mid_run_stops_new_requests_and_keeps_partial_output(start_proc, 
         late = json.loads(r.read())["data"]
     assert late == []
     assert done.cancelling_at <= done.cancelled_at
+    # requests cut short keep their attempts in the log (every attempt is recorded)
+    cut = [json.loads(r["data"]) for r in iso.fetch(
+        "SELECT data FROM events WHERE batch_id = $1 AND type = 'request_failed'", b.id)]
+    aborted = [e for e in cut if e.get("attempts") and e["attempts"][-1].get("error") == "aborted"]
+    assert aborted and all(e["error_code"] == "batch_cancelled" for e in aborted)
+    assert len(aborted) <= 8  # at most the requests that were in flight
 
 
 def test_expiry_with_a_short_window(start_proc, new_key, iso):

@@ -18,7 +18,7 @@ import msgspec
 import asyncpg
 import structlog
 
-from .. import commands, events as ev, files, projections, store
+from .. import batch as domain, commands, events as ev, files, projections, store
 from ..config import Settings
 from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from ..validation import iter_chunk_lines
@@ -72,9 +72,15 @@ class BatchRun:
         self.provider = provider
         self.url = provider.url_for(state.endpoint) if provider else None
         self.active = True    # false once cancelling, expired or finished: no new request starts
+        self.stopped_by: str | None = None   # 'cancelled' or 'expired' once the worker saw it
 
     def may_start(self) -> bool:
         return self.active and time.time() < self.expires_at
+
+    def stop_reason(self) -> str | None:
+        if self.stopped_by is None and time.time() >= self.expires_at:
+            return "expired"
+        return self.stopped_by
 
 
 class Worker:
@@ -263,13 +269,19 @@ class Worker:
                 error_message=f"No upstream provider is configured for model '{run.model}'. "
                               "Add it to a provider's models in EVENTBATCH_CONFIG."))
             return
-        outcome = await upstream.call(
-            self._session, run.provider, self.semaphores[run.provider.name], run.url, bytes(line.body),
-            max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
-            may_start=lambda: run.may_start() and not chunk.aborted and not self._stop.is_set(),
-            on_attempt=_count_attempt)
+        attempts: list[ev.Attempt] = []
+        try:
+            outcome = await upstream.call(
+                self._session, run.provider, self.semaphores[run.provider.name], run.url, bytes(line.body),
+                max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
+                may_start=lambda: run.may_start() and not chunk.aborted and not self._stop.is_set(),
+                on_attempt=_count_attempt, attempts=attempts)
+        except asyncio.CancelledError:
+            self._record_stopped(chunk, run, index, line.custom_id, attempts)
+            raise
         if outcome is None or chunk.aborted:
-            return  # not finished: settled later as batch_cancelled / batch_expired, or by the next lease holder
+            self._record_stopped(chunk, run, index, line.custom_id, attempts)
+            return
         if outcome.succeeded:
             event = ev.RequestSucceeded(index=index, custom_id=line.custom_id, status_code=outcome.status_code,
                                         body=msgspec.Raw(outcome.body), attempts=outcome.attempts,
@@ -280,6 +292,18 @@ class Worker:
                 body=msgspec.Raw(outcome.body) if outcome.body is not None else ev.NULL,
                 request_id=outcome.request_id, error_code=outcome.error_code, error_message=outcome.error_message)
         self.recorder.add(chunk, event)
+
+    def _record_stopped(self, chunk: HeldChunk, run: BatchRun, index: int, custom_id: str,
+                        attempts: list[ev.Attempt]) -> None:
+        """A request stopped by the batch's cancel or expiry after it was tried: its attempts go
+        into the log with its batch_cancelled / batch_expired outcome. Stopped for any other
+        reason (lease lost, shutdown), it stays open for the next lease holder."""
+        reason = run.stop_reason()
+        if not attempts or reason is None or chunk.lost:
+            return
+        code, message = domain.unfinished_error(reason)
+        self.recorder.add(chunk, ev.RequestFailed(index=index, custom_id=custom_id, attempts=list(attempts),
+                                                  error_code=code, error_message=message))
 
     # --- leases and cancellation -------------------------------------------------------------
 
@@ -309,12 +333,20 @@ class Worker:
         statuses = {r["id"]: r["status"] for r in await self.pool.fetch(BATCH_STATUSES, list(batch_ids))}
         for batch_id in batch_ids:
             run = self.runs.get(batch_id)
-            if statuses.get(batch_id) != "in_progress" or (run is not None and now >= run.expires_at):
+            status = statuses.get(batch_id)
+            if status != "in_progress" or (run is not None and now >= run.expires_at):
                 if run is not None:
                     run.active = False
-                log.info("batch_stopping_requests", batch_id=batch_id, status=statuses.get(batch_id))
-                for chunk in [c for c in self.held.values() if c.batch_id == batch_id]:
-                    self._abort(chunk, release=True)
+                    run.stopped_by = "cancelled" if status == "cancelling" else run.stop_reason()
+                log.info("batch_stopping_requests", batch_id=batch_id, status=status)
+                chunks = [c for c in self.held.values() if c.batch_id == batch_id]
+                for chunk in chunks:
+                    self._abort(chunk, release=False)
+                # Requests cut short record their attempts as they unwind; only then the leases go back.
+                await asyncio.gather(*(c.task for c in chunks if c.task is not None), return_exceptions=True)
+                for chunk in chunks:
+                    if not chunk.lost:
+                        self.recorder.release(chunk)
                 self._spawn(self._settle_after_release(batch_id))
 
     async def _settle_after_release(self, batch_id: str) -> None:

@@ -113,13 +113,15 @@ def _scrub(body: bytes, key: str | None) -> bytes:
 
 async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: asyncio.Semaphore, url: str,
                body: bytes, *, max_attempts: int, timeout: float, may_start=lambda: True,
-               on_attempt=None) -> Outcome | None:
+               on_attempt=None, attempts: list[ev.Attempt] | None = None) -> Outcome | None:
     """Send one request, retrying what is worth retrying. Returns None when `may_start()` said no
-    before an attempt (the batch is being cancelled or expired): the request did not finish."""
+    before an attempt (the batch is being cancelled or expired): the request did not finish.
+    `attempts` (the caller's list) holds every attempt made, also when the call is cancelled;
+    an attempt cut short by cancellation is kept with error 'aborted'."""
     headers = {"Content-Type": "application/json"}
     if provider.api_key:
         headers["Authorization"] = f"Bearer {provider.api_key}"
-    attempts: list[ev.Attempt] = []
+    attempts = [] if attempts is None else attempts
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     while True:
         async with semaphore:
@@ -141,6 +143,10 @@ async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: as
                         wait = retry_after(r.headers)
             except asyncio.TimeoutError:
                 error = "request_timeout"
+            except asyncio.CancelledError:
+                attempts.append(ev.Attempt(at=started, duration_ms=int((time.perf_counter() - t0) * 1000),
+                                           error="aborted"))
+                raise
             except (aiohttp.ClientError, OSError) as exc:
                 error = "upstream_unreachable"
                 data = type(exc).__name__.encode()
