@@ -14,7 +14,7 @@ import msgspec
 from . import events as ev
 
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
-CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
+CANCELLABLE = frozenset({"validating", "in_progress"})   # SPEC §5: finalizing is past cancelling
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
 
 
@@ -160,10 +160,10 @@ def settlement(state: BatchState, now: float, all_requests_done: bool) -> str | 
     match state.status:
         case "cancelling":
             return "cancelled"
+        case "in_progress" if all_requests_done:
+            return "finalizing"   # every request finished in time: complete, even if the window just passed
         case "validating" | "in_progress" if state.expires_at is not None and now >= state.expires_at:
             return "expired"
-        case "in_progress" if all_requests_done:
-            return "finalizing"
         case "finalizing":
             return "completed"
     return None

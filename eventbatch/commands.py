@@ -24,6 +24,10 @@ class NotFound(Exception):
     pass
 
 
+class BadInputFile(Exception):
+    """The input file named by a create is unknown to the project, deleted, or not a batch file."""
+
+
 # --- keys ---------------------------------------------------------------------------------
 
 async def create_key(conn: asyncpg.Connection, project: str) -> str:
@@ -126,6 +130,16 @@ async def create_batch(conn: asyncpg.Connection, *, project: str, input_file_id:
                             expires_at=int(now + window_seconds), metadata=metadata,
                             output_expires_after=output_expires_after)
     async with conn.transaction():
+        # FOR SHARE: a concurrent delete of the file waits for this batch to exist (and then
+        # keeps the bytes the batch reads), instead of removing them under it.
+        doc = await conn.fetchval("SELECT doc FROM file_view WHERE id = $1 AND project = $2 AND NOT deleted "
+                                  "FOR SHARE", input_file_id, project)
+        f = projections.decode_file(doc) if doc is not None else None
+        if f is None or f.expired(now):
+            raise BadInputFile(f"No file with id '{input_file_id}' found. Upload it with purpose 'batch' first.")
+        if f.purpose != "batch":
+            raise BadInputFile(f"File '{f.id}' has purpose '{f.purpose}'; a batch needs a file uploaded with "
+                               "purpose 'batch'.")
         [seq] = await store.append(conn, store.batch_stream(bid), 0, [event], batch_id=bid)
         state = domain.evolve(None, event)
         await projections.save_batch(conn, state, seq)
@@ -143,9 +157,17 @@ async def cancel_batch(conn: asyncpg.Connection, batch_id: str) -> BatchState:
 VALIDATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('validate/' || $1))"
 
 
-async def validate_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int) -> BatchState | None:
+async def validate_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int, *,
+                         settle: bool = True) -> BatchState | None:
     """Validate the input file of a `validating` batch and record the outcome. Safe to call
-    from several processes: an advisory lock lets one of them work, the others return."""
+    from several processes: an advisory lock lets one of them work, the others get None."""
+    state = await _validate(pool, batch_id, chunk_size)
+    if settle and state is not None and state.status == "cancelling":
+        state = await settle_batch(pool, batch_id, chunk_size)
+    return state
+
+
+async def _validate(pool: asyncpg.Pool, batch_id: str, chunk_size: int) -> BatchState | None:
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(VALIDATION_LOCK, batch_id):
             return None
@@ -211,17 +233,33 @@ def output_line(batch_id: str, o: ev.RequestSucceeded | ev.RequestFailed) -> byt
     return _line_encoder.encode(line) + b"\n"
 
 
+# Done, and a new epoch that fences off any worker still holding one; rows locked in chunk order,
+# the order every other lease writer uses.
+CLOSE_CHUNKS = """
+WITH c AS (SELECT batch_id, chunk_no FROM work_chunks WHERE batch_id = $1 AND NOT done ORDER BY chunk_no FOR UPDATE)
+UPDATE work_chunks w SET done = true, lease_epoch = w.lease_epoch + 1
+FROM c WHERE w.batch_id = c.batch_id AND w.chunk_no = c.chunk_no
+"""
+
+
 async def live_leases(conn, batch_id: str) -> int:
     return await conn.fetchval(
         "SELECT count(*) FROM work_chunks WHERE batch_id = $1 AND NOT done AND lease_expires_at > now()", batch_id)
 
 
-async def settle_batch(pool: asyncpg.Pool, batch_id: str) -> BatchState | None:
+async def settle_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int = 256) -> BatchState | None:
     """Move a batch towards its end if it is due: expiry, cancellation, completion. Anyone may
     call it at any time; it does nothing when nothing is due."""
     async with pool.acquire() as conn:
         # A cheap look without a lock first: most calls find nothing due.
         state = await projections.get_batch(conn, batch_id)
+        if state is not None and state.status == "cancelling" and not state.chunk_count \
+                and not state.request_counts.total:
+            # Cancelled before validation recorded its requests: validate first, so every request
+            # of a valid file gets its batch_cancelled line. None: a validation is running now,
+            # and it settles the batch when it is done.
+            if await validate_batch(pool, batch_id, chunk_size, settle=False) is None:
+                return state
         if state is None or state.terminal or (
                 state.status == "in_progress" and time.time() < (state.expires_at or 0) and await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM work_chunks WHERE batch_id = $1 AND NOT done)", batch_id)):
@@ -246,7 +284,9 @@ async def settle_batch(pool: asyncpg.Pool, batch_id: str) -> BatchState | None:
                 log.info("batch_finalizing", batch_id=batch_id)
         async with conn.transaction():
             state = await projections.lock_batch(conn, batch_id)
-            kind = domain.settlement(state, time.time(), True)
+            all_done = not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM work_chunks WHERE batch_id = $1 AND NOT done)", batch_id)
+            kind = domain.settlement(state, time.time(), all_done)
             if kind not in ("cancelled", "expired", "completed"):
                 return state
             if kind != "completed":
@@ -256,11 +296,19 @@ async def settle_batch(pool: asyncpg.Pool, batch_id: str) -> BatchState | None:
             await store.append(conn, store.batch_stream(batch_id), state.version, closing, batch_id=batch_id)
             state = domain.fold(state, closing)
             await projections.save_batch(conn, state)
-            await conn.execute("UPDATE work_chunks SET done = true, lease_epoch = lease_epoch + 1 "
-                               "WHERE batch_id = $1 AND NOT done", batch_id)
+            await conn.execute(CLOSE_CHUNKS, batch_id)
         log.info("batch_" + kind, batch_id=batch_id, completed=state.request_counts.completed,
                  failed=state.request_counts.failed)
         return state
+
+
+async def read_chunk(conn, file_id: str, start: int, end: int, count: int) -> list:
+    """The request lines of a chunk; an error, never an empty list, when the bytes are missing."""
+    lines = list(iter_chunk_lines(await files.read_range(conn, file_id, start, end)))
+    if len(lines) != count:
+        raise RuntimeError(f"input file {file_id}: bytes {start}-{end} hold {len(lines)} requests, "
+                           f"expected {count}; the stored file is damaged")
+    return lines
 
 
 async def _settle_unfinished(conn: asyncpg.Connection, state: BatchState, kind: str) -> BatchState:
@@ -270,10 +318,10 @@ async def _settle_unfinished(conn: asyncpg.Connection, state: BatchState, kind: 
                               "WHERE batch_id = $1 AND NOT done ORDER BY chunk_no", state.id)
     for c in chunks:
         settled = await store.settled_indexes(conn, state.id, c["first_index"], c["first_index"] + c["count"])
-        data = await files.read_range(conn, state.input_file_id, c["byte_start"], c["byte_end"])
+        lines = await read_chunk(conn, state.input_file_id, c["byte_start"], c["byte_end"], c["count"])
         missing = [ev.RequestFailed(index=c["first_index"] + i, custom_id=line.custom_id,
                                     error_code=code, error_message=message)
-                   for i, line in enumerate(iter_chunk_lines(data)) if c["first_index"] + i not in settled]
+                   for i, line in enumerate(lines) if c["first_index"] + i not in settled]
         recorded = await store.append_outcomes(conn, state.id, missing)
         state = domain.fold(state, [o for o in missing if o.index in recorded])
     return state
@@ -286,7 +334,7 @@ async def _write_outputs(conn: asyncpg.Connection, state: BatchState) -> BatchSt
     err = files.BlobWriter(conn, err_id)
     async for (data,) in conn.cursor(
             "SELECT data FROM events WHERE batch_id = $1 AND request_index IS NOT NULL ORDER BY request_index",
-            state.id, prefetch=500):
+            state.id, prefetch=100):
         o = _outcome_decoder.decode(data)
         await (out if isinstance(o, ev.RequestSucceeded) else err).write(output_line(state.id, o))
     now = time.time()

@@ -98,8 +98,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     ):
         if field in raw:
             env_name = next(n for n, f in _ENV.items() if f == field)
-            value = raw[field]
-            setattr(s, field, value if isinstance(value, kind) else _number(env_name, str(value), kind, low, high))
+            # Flags are checked like the variables: a bad value fails at start, whatever its source.
+            setattr(s, field, _number(env_name, str(raw[field]), kind, low, high))
     if "log_format" in raw:
         fmt = str(raw["log_format"])
         if fmt not in ("json", "console"):

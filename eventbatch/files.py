@@ -45,7 +45,7 @@ class BlobWriter:
         return self.size
 
 
-async def iter_pieces(conn: asyncpg.Connection, file_id: str, start: int = 0,
+async def iter_pieces(conn: asyncpg.Connection | asyncpg.Pool, file_id: str, start: int = 0,
                       end: int | None = None) -> AsyncIterator[bytes]:
     """The bytes [start, end) of a file, a piece at a time (a few pieces fetched per query)."""
     first = start // PIECE

@@ -24,7 +24,11 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     from .api.app import create_app
     from .worker import Worker
 
-    pool = await db.open_database(settings, max_size=20)
+    url = await asyncio.to_thread(db.database_url, settings)
+    pool = await db.create_pool(url, max_size=20)
+    async with pool.acquire() as conn:
+        await db.migrate(conn)
+    worker_pool = await db.create_pool(url, max_size=12) if role == "serve" else pool
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -33,7 +37,7 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     worker = None
     try:
         if role in ("serve", "api"):
-            runner = web.AppRunner(create_app(settings, pool), access_log=None, handle_signals=False)
+            runner = web.AppRunner(create_app(settings, pool, pool_size=20), access_log=None, handle_signals=False)
             await runner.setup()
             try:
                 await web.TCPSite(runner, host, port).start()
@@ -42,7 +46,7 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
                     from None
             log.info("api_listening", url=f"http://{host}:{port}/v1")
         if role in ("serve", "worker"):
-            worker = Worker(settings, pool)
+            worker = Worker(settings, worker_pool)
             await worker.start()
         if role == "worker" and port is not None:
             # A worker has no API; it answers probes and /metrics on its own port when given one.
@@ -62,6 +66,8 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
             await worker.stop()
         if runner is not None:
             await runner.cleanup()
+        if worker_pool is not pool:
+            await worker_pool.close()
         await pool.close()
     return 0
 

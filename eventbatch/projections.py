@@ -3,6 +3,7 @@ events they come from, and rebuilt from the log alone by `eventbatch projections
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import asyncpg
@@ -24,6 +25,9 @@ class FileView(msgspec.Struct, kw_only=True):
     deleted: bool = False
     batch_id: str | None = None
     version: int = 0
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 def evolve_file(state: FileView | None, event: ev.Event) -> FileView:
@@ -93,9 +97,11 @@ async def save_file(conn: asyncpg.Connection, view: FileView, seq: int = 0) -> N
 
 
 async def get_file(conn, file_id: str, project: str) -> FileView | None:
+    """The project's file, or None: unknown, another project's, deleted, or past its expires_at."""
     doc = await conn.fetchval(
         "SELECT doc FROM file_view WHERE id = $1 AND project = $2 AND NOT deleted", file_id, project)
-    return None if doc is None else decode_file(doc)
+    view = None if doc is None else decode_file(doc)
+    return None if view is None or view.expired(time.time()) else view
 
 
 # --- rebuild ------------------------------------------------------------------------------
@@ -123,7 +129,7 @@ async def fold_log(conn: asyncpg.Connection, progress: Callable[[int, int], None
     files: dict[str, tuple[int, FileView]] = {}
     n = 0
     async for pos, stream, etype, data in conn.cursor(
-            "SELECT position, stream, type, data FROM events ORDER BY position", prefetch=5000):
+            "SELECT position, stream, type, data FROM events ORDER BY position", prefetch=1000):
         n += 1
         if etype in _OUTCOME_TYPES:
             batch_id = stream[len("batch-"):stream.rindex("/")]

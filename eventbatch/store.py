@@ -96,7 +96,7 @@ async def batch_events_page(conn: asyncpg.Connection, batch_id: str, *, after: i
 
 
 async def read_batch_events(conn: asyncpg.Connection, batch_id: str, *, after: int = 0,
-                            page: int = 2000) -> AsyncIterator[asyncpg.Record]:
+                            page: int = 500) -> AsyncIterator[asyncpg.Record]:
     """Every event of a batch in log order, fetched in pages (bounded memory)."""
     while True:
         rows = await conn.fetch(SELECT_BATCH_EVENTS, batch_id, after, page)

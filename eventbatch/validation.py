@@ -89,7 +89,8 @@ _inputs_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _request_decoder = msgspec.json.Decoder(RequestLine)
 _encode = msgspec.json.encode
 
-_BAD_JSON = (msgspec.DecodeError, UnicodeDecodeError)   # ValidationError is a DecodeError
+# ValidationError is a DecodeError; msgspec raises RecursionError on JSON nested too deep.
+_BAD_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def decode_request_line(data: bytes) -> RequestLine:

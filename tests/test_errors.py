@@ -138,3 +138,26 @@ def test_oversized_streamed_upload_is_refused(server, new_key, db):
     assert db.fetchval("SELECT count(*) FROM file_blobs") == blobs_before
     status, _, listed = call(server, key, "GET", "/v1/files")
     assert json.loads(listed)["data"] == []
+
+
+def test_stalled_uploads_do_not_starve_the_api(server, new_key):
+    """Clients that start an upload and stop sending hold upload slots, not the whole pool."""
+    import socket
+    import time as _time
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    key = new_key()
+    socks = []
+    try:
+        for _ in range(25):
+            s = socket.create_connection((host, int(port)))
+            s.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                       "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                       "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{").encode())
+            socks.append(s)
+        _time.sleep(0.5)
+        t0 = _time.time()
+        status, _, body = call(server, key, "GET", "/v1/batches")
+        assert status == 200 and _time.time() - t0 < 5
+    finally:
+        for s in socks:
+            s.close()

@@ -51,7 +51,9 @@ def test_replay_of_a_batch_with_retries_and_a_cancel(client, database_url):
         assert x["detail"].startswith("tried: 503 (") and x["detail"].count("503") == 2
     assert summary["status"] == "cancelled" and summary["requests_succeeded"] == 5
     assert summary["requests_failed"] == 3 and summary["requests_retried"] == 3
-    assert summary["upstream_attempts"] == 3 * 3 + 2
+    # 3 requests tried 3 times, 2 once, and the 3 slow ones cut short in flight by the cancel
+    assert summary["upstream_attempts"] == 3 * 3 + 2 + 3
+    assert all(x["attempts"] == 1 and "aborted" in x["detail"] for x in cancelled)
 
     # without --requests: batch-level events only, same order; the person-readable format
     short = replay(database_url, b.id)

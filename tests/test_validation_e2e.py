@@ -48,6 +48,11 @@ def test_every_bad_line_reported_together(client):
     assert b.errors.object == "list"
 
 
+def test_a_line_nested_too_deep_is_bad_json_not_a_stuck_batch(client):
+    b = wait_status(client, create(client, jsonl([chat_line(0), "[" * 1200, chat_line(2)])).id, {"failed"})
+    assert [(e.line, e.code) for e in b.errors.data] == [(2, "invalid_json_line")]
+
+
 def test_empty_file(client):
     b = wait_status(client, create(client, b"\n\n").id, {"failed"})
     assert [e.code for e in b.errors.data] == ["empty_file"]

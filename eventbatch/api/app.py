@@ -22,6 +22,10 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", set)
 KEY_CACHE = web.AppKey("key_cache", dict)
+# An upload holds a connection (its transaction) while the client sends; a validation while it
+# reads the file. Bounded, so that slow clients or big files leave the rest of the pool to the API.
+UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
+VALIDATION_SLOTS = web.AppKey("validation_slots", asyncio.Semaphore)
 PROJECT = web.RequestKey("project", str)  # the authenticated project
 
 
@@ -105,6 +109,8 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
     app[SETTINGS] = settings
     app[TASKS] = set()
     app[KEY_CACHE] = {}
+    app[UPLOAD_SLOTS] = asyncio.Semaphore(max(1, pool_size // 4))
+    app[VALIDATION_SLOTS] = asyncio.Semaphore(2)
 
     async def pool_ctx(app: web.Application):
         if pool is not None:

@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import commands, projections
 from ..batch import ENDPOINTS, Conflict
 from . import wire
-from .app import POOL, PROJECT, SETTINGS, spawn
+from .app import POOL, PROJECT, SETTINGS, VALIDATION_SLOTS, spawn
 from .errors import ApiError, bad_request, not_found
 from .paging import parse_limit
 
@@ -94,19 +94,20 @@ async def create_batch(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     pool = request.app[POOL]
     async with pool.acquire() as conn:
-        f = await projections.get_file(conn, body.input_file_id, project)
-        if f is None:
-            raise bad_request(f"No file with id '{body.input_file_id}' found. Upload it with purpose 'batch' first.",
-                              param="input_file_id")
-        if f.purpose != "batch":
-            raise bad_request(f"File '{f.id}' has purpose '{f.purpose}'; a batch needs a file uploaded with "
-                              "purpose 'batch'.", param="input_file_id")
-        state = await commands.create_batch(
-            conn, project=project, input_file_id=f.id, endpoint=body.endpoint,
-            completion_window=body.completion_window, metadata=metadata, output_expires_after=expires_after,
-            window_seconds=settings.window_seconds)
-    spawn(request.app, commands.validate_batch(pool, state.id, settings.chunk_size))
+        try:
+            state = await commands.create_batch(
+                conn, project=project, input_file_id=body.input_file_id, endpoint=body.endpoint,
+                completion_window=body.completion_window, metadata=metadata, output_expires_after=expires_after,
+                window_seconds=settings.window_seconds)
+        except commands.BadInputFile as exc:
+            raise bad_request(str(exc), param="input_file_id") from None
+    spawn(request.app, _validate(request.app, state.id))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
+
+
+async def _validate(app: web.Application, batch_id: str) -> None:
+    async with app[VALIDATION_SLOTS]:
+        await commands.validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size)
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:
@@ -146,7 +147,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
         except Conflict as exc:
             raise ApiError(409, str(exc)) from None
     # Settle now if nothing is running; otherwise the workers settle it when they let go.
-    spawn(request.app, commands.settle_batch(pool, batch_id))
+    spawn(request.app, commands.settle_batch(pool, batch_id, request.app[SETTINGS].chunk_size))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
 
 

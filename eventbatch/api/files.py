@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import BodyPartReader, web
 
 from .. import commands, files as blobs, projections
 from ..validation import MAX_FILE_BYTES
 from . import wire
-from .app import POOL, PROJECT
+from .app import POOL, PROJECT, UPLOAD_SLOTS
 from .errors import ApiError, bad_request, not_found
 from .paging import parse_limit, parse_choice
 
@@ -27,7 +29,7 @@ async def create_file(request: web.Request) -> web.Response:
     reader = await request.multipart()
     fields: dict[str, str] = {}
     project = request[PROJECT]
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with request.app[UPLOAD_SLOTS], request.app[POOL].acquire() as conn, conn.transaction():
         stored = None
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
@@ -45,10 +47,12 @@ async def create_file(request: web.Request) -> web.Response:
                 except blobs.TooLarge:
                     raise _too_large() from None
             elif part.name:
-                value = await part.text()
-                if len(value) > 1024:
-                    raise bad_request(f"Field '{part.name}' is too long.", param=part.name)
-                fields[part.name] = value
+                value = bytearray()
+                while chunk := await part.read_chunk(1024):
+                    value += chunk
+                    if len(value) > 1024:
+                        raise bad_request(f"Field '{part.name}' is too long.", param=part.name)
+                fields[part.name] = value.decode("utf-8", "replace")
         if stored is None:
             raise bad_request("Missing required parameter: 'file'.", param="file")
         purpose = fields.get("purpose")
@@ -97,7 +101,9 @@ async def list_files(request: web.Request) -> web.Response:
             f"SELECT doc FROM file_view WHERE project = $1 AND NOT deleted"
             f" AND ($2::text IS NULL OR purpose = $2) AND ($3::bigint IS NULL OR seq {cmp} $3)"
             f" ORDER BY seq {direction} LIMIT $4", project, purpose, after_seq, limit + 1)
-    items = [wire.file_object(projections.decode_file(r[0])) for r in rows[:limit]]
+    now = time.time()
+    views = [projections.decode_file(r[0]) for r in rows[:limit]]
+    items = [wire.file_object(v) for v in views if not v.expired(now)]
     return web.Response(body=wire.encode(wire.list_object(items, len(rows) > limit)), content_type="application/json")
 
 
@@ -127,16 +133,18 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:
-    async with request.app[POOL].acquire() as conn:
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
         view = await _own_file(request, conn)
-        response = web.StreamResponse(headers={
-            "Content-Type": "application/jsonl" if view.filename.endswith(".jsonl") else "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{view.filename}"'})
-        response.content_length = view.bytes
-        await response.prepare(request)
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            async for piece in blobs.iter_pieces(conn, view.id):
-                await response.write(piece)
+    response = web.StreamResponse(headers={
+        "Content-Type": "application/jsonl" if view.filename.endswith(".jsonl") else "application/octet-stream",
+        "Content-Disposition": f'attachment; filename="{view.filename}"'})
+    response.content_length = view.bytes
+    await response.prepare(request)
+    # The pool, not one connection: each query borrows a connection for a few pieces, so a slow
+    # reader holds none while it reads (file bytes never change once written).
+    async for piece in blobs.iter_pieces(pool, view.id):
+        await response.write(piece)
     await response.write_eof()
     return response
 

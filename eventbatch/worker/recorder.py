@@ -21,6 +21,7 @@ log = structlog.get_logger("eventbatch.worker")
 
 FLUSH_EVERY = 0.005      # seconds an outcome may wait for company
 FLUSH_MAX = 1000         # outcomes per transaction
+FLUSH_MAX_BYTES = 32 * 1024 * 1024   # response bodies per transaction, far below Postgres' 1 GB message cap
 
 LOCK_LEASES = """
 SELECT chunk_no, lease_owner, lease_epoch, done FROM work_chunks
@@ -67,7 +68,7 @@ class Recorder:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._closing = False
+        self._task: asyncio.Task | None = None
 
     def add(self, chunk: HeldChunk, outcome: ev.RequestSucceeded | ev.RequestFailed) -> None:
         self._outcomes.append((chunk, outcome))
@@ -87,17 +88,26 @@ class Recorder:
         self._wake.set()
 
     async def drain(self) -> None:
-        while self._outcomes or self._finished or self._releases or not self._idle.is_set():
+        """Wait until everything handed over is flushed (or the recorder has stopped)."""
+        while (self._outcomes or self._finished or self._releases or not self._idle.is_set()) \
+                and not (self._task is not None and self._task.done()):
             self._wake.set()
             await asyncio.sleep(0.01)
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         while True:
             await self._wake.wait()
             self._wake.clear()
             if len(self._outcomes) < FLUSH_MAX:
                 await asyncio.sleep(FLUSH_EVERY)
-            outcomes, self._outcomes = self._outcomes[:FLUSH_MAX], self._outcomes[FLUSH_MAX:]
+            take, size = 0, 0
+            for _, o in self._outcomes[:FLUSH_MAX]:
+                size += len(o.body)
+                take += 1
+                if size >= FLUSH_MAX_BYTES:
+                    break
+            outcomes, self._outcomes = self._outcomes[:take], self._outcomes[take:]
             finished, self._finished = self._finished, []
             releases, self._releases = self._releases, []
             if not (outcomes or finished or releases):

@@ -18,10 +18,9 @@ import msgspec
 import asyncpg
 import structlog
 
-from .. import batch as domain, commands, events as ev, files, projections, store
+from .. import batch as domain, commands, events as ev, projections, store
 from ..config import Settings
 from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
-from ..validation import iter_chunk_lines
 from . import upstream
 from .providers import Provider, load_providers, provider_for
 from .recorder import HeldChunk, Recorder
@@ -48,9 +47,17 @@ FROM c WHERE w.batch_id = c.batch_id AND w.chunk_no = c.chunk_no
 RETURNING w.batch_id, w.chunk_no, w.first_index, w.count, w.byte_start, w.byte_end, w.lease_epoch
 """
 HEARTBEAT = """
-UPDATE work_chunks SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND NOT done
-RETURNING batch_id, chunk_no, lease_epoch
+WITH mine AS (
+    SELECT w.batch_id, w.chunk_no FROM work_chunks w
+    JOIN unnest($3::text[], $4::int[], $5::int[]) AS h(batch_id, chunk_no, epoch)
+      ON w.batch_id = h.batch_id AND w.chunk_no = h.chunk_no AND w.lease_epoch = h.epoch
+    WHERE w.lease_owner = $1 AND NOT w.done
+    ORDER BY w.batch_id, w.chunk_no
+    FOR UPDATE OF w
+)
+UPDATE work_chunks w SET lease_expires_at = now() + make_interval(secs => $2)
+FROM mine WHERE w.batch_id = mine.batch_id AND w.chunk_no = mine.chunk_no
+RETURNING w.batch_id, w.chunk_no, w.lease_epoch
 """
 BATCH_STATUSES = "SELECT id, status FROM batch_view WHERE id = ANY($1::text[])"
 
@@ -137,7 +144,7 @@ class Worker:
             await asyncio.wait_for(self.recorder.drain(), timeout=30)
         except asyncio.TimeoutError:
             log.warning("recorder_drain_timeout")
-        for t in self._tasks:
+        for t in (*self._tasks, *self._background):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         if self._listener is not None:
@@ -183,12 +190,17 @@ class Worker:
         """Validate what waits for validation and settle what is due (expiry, cancellation,
         completion, a finalization a dead worker left). Safe in several workers at once."""
         for r in await self.pool.fetch(SELECT_OPEN_BATCHES):
-            if r["status"] == "validating":
-                await commands.validate_batch(self.pool, r["id"], self.settings.chunk_size)
-            await commands.settle_batch(self.pool, r["id"])
+            try:
+                if r["status"] == "validating":
+                    await commands.validate_batch(self.pool, r["id"], self.settings.chunk_size)
+                await commands.settle_batch(self.pool, r["id"], self.settings.chunk_size)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep_batch_failed", batch_id=r["id"])
 
     def _batch_done(self, batch_id: str) -> None:
-        self._spawn(commands.settle_batch(self.pool, batch_id))
+        self._spawn(commands.settle_batch(self.pool, batch_id, self.settings.chunk_size))
 
     # --- claiming ----------------------------------------------------------------------------
 
@@ -203,10 +215,16 @@ class Worker:
             rows = await self.pool.fetch(CLAIM_CHUNKS, self.owner, room, self.settings.lease_seconds)
             if not rows:
                 return
-            for row in rows:
-                chunk = HeldChunk(row)
-                run = await self._run_of(chunk.batch_id)
+            chunks = [HeldChunk(row) for row in rows]
+            for chunk in chunks:  # held before any await: whatever happens next, it is released or run
                 self.held[(chunk.batch_id, chunk.chunk_no)] = chunk
+            for chunk in chunks:
+                try:
+                    run = await self._run_of(chunk.batch_id)
+                except Exception:
+                    log.exception("batch_lookup_failed", batch_id=chunk.batch_id)
+                    self._abort(chunk, release=True)
+                    continue
                 chunk.task = asyncio.create_task(self._run_chunk(chunk, run))
                 log.info("chunk_claimed", batch_id=chunk.batch_id, chunk=chunk.chunk_no, epoch=chunk.epoch)
 
@@ -245,10 +263,11 @@ class Worker:
     async def _run_chunk(self, chunk: HeldChunk, run: BatchRun) -> None:
         try:
             async with self.pool.acquire() as conn:
-                data = await files.read_range(conn, run.input_file_id, chunk.byte_start, chunk.byte_end)
+                lines = await commands.read_chunk(conn, run.input_file_id, chunk.byte_start, chunk.byte_end,
+                                                  chunk.count)
                 settled = await store.settled_indexes(conn, run.id, chunk.first_index,
                                                       chunk.first_index + chunk.count)
-            todo = [(chunk.first_index + i, line) for i, line in enumerate(iter_chunk_lines(data))
+            todo = [(chunk.first_index + i, line) for i, line in enumerate(lines)
                     if chunk.first_index + i not in settled]
             chunk.remaining = len(todo)
             if not todo:
@@ -311,9 +330,11 @@ class Worker:
         await self._every(max(self.settings.lease_seconds / 3, 0.2), self._heartbeat)
 
     async def _heartbeat(self) -> None:
-        if not self.held:
+        held = list(self.held.values())
+        if not held:
             return
-        rows = await self.pool.fetch(HEARTBEAT, self.owner, self.settings.lease_seconds)
+        rows = await self.pool.fetch(HEARTBEAT, self.owner, self.settings.lease_seconds,
+                                     [c.batch_id for c in held], [c.chunk_no for c in held], [c.epoch for c in held])
         alive = {(r["batch_id"], r["chunk_no"]): r["lease_epoch"] for r in rows}
         for key, chunk in list(self.held.items()):
             if alive.get(key) != chunk.epoch:
@@ -351,4 +372,4 @@ class Worker:
 
     async def _settle_after_release(self, batch_id: str) -> None:
         await self.recorder.drain()
-        await commands.settle_batch(self.pool, batch_id)
+        await commands.settle_batch(self.pool, batch_id, self.settings.chunk_size)

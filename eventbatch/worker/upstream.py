@@ -17,6 +17,7 @@ from .providers import Provider
 BACKOFF_BASE = 0.1      # seconds before the 2nd attempt, doubling after
 BACKOFF_CAP = 20.0
 RETRY_AFTER_CAP = 60.0
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024   # an answer larger than this is not kept (it would bloat the log)
 
 
 class _Details(msgspec.Struct):
@@ -49,8 +50,14 @@ def usage_of(body: bytes) -> ev.Usage | None:
     try:
         u = _envelope.decode(body).usage
     except msgspec.ValidationError:
-        u = None  # JSON, but an unexpected usage shape: count nothing
-    except msgspec.DecodeError:
+        # An unexpected shape: count nothing, if it is JSON at all (the typed decoder may stop
+        # before it has read the whole body).
+        try:
+            msgspec.json.decode(body)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        u = None
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deep to read
         return None
     if u is None:
         return ev.Usage()
@@ -87,6 +94,10 @@ def retry_after(headers) -> float | None:
 def backoff(attempt: int) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1))))
+
+
+class ResponseTooLarge(Exception):
+    pass
 
 
 class Outcome(msgspec.Struct):
@@ -134,13 +145,20 @@ async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: as
             wait = None
             data = b""
             request_id = None
+            too_large = False
             try:
                 async with session.post(url, data=body, headers=headers, timeout=client_timeout) as r:
-                    data = await r.read()
+                    if (r.content_length or 0) > MAX_RESPONSE_BYTES:
+                        raise ResponseTooLarge()
+                    data = await r.content.read(MAX_RESPONSE_BYTES + 1)
+                    if len(data) > MAX_RESPONSE_BYTES or not r.content.at_eof():
+                        raise ResponseTooLarge()
                     status = r.status
                     request_id = r.headers.get("x-request-id")
                     if status == 429 or status >= 500:
                         wait = retry_after(r.headers)
+            except ResponseTooLarge:
+                status, too_large = 502, True
             except asyncio.TimeoutError:
                 error = "request_timeout"
             except asyncio.CancelledError:
@@ -156,6 +174,10 @@ async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: as
                                                                      else f"{error}: {data.decode()}")))
         if on_attempt is not None:
             on_attempt(status, duration)
+        if too_large:  # final: asking again would bring the same answer
+            return Outcome(attempts=attempts, status_code=502, body=msgspec.json.encode({"error": {
+                "message": f"The upstream answer was larger than {MAX_RESPONSE_BYTES} bytes and was not kept.",
+                "type": "upstream_response_too_large", "param": None, "code": None}}))
         if status is not None and status != 429 and status < 500:
             data = _scrub(data, provider.api_key)
             usage = usage_of(data) if 200 <= status < 300 else None
