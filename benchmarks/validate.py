@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .processes import ROOT
+
 LINES = 50_000
 QUICK_LINES = 10_000
 LINE_BYTES = 2_000          # 50,000 lines → ~100 MB
@@ -141,7 +143,7 @@ def _child(contender: str, path: str) -> None:
 
 def run_contender(contender: str, path: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.validate", "--child", contender, str(path)],
-                         capture_output=True, check=True, timeout=600)
+                         capture_output=True, check=True, timeout=600, cwd=ROOT)
     return json.loads(out.stdout)
 
 
@@ -190,17 +192,18 @@ def run(quick: bool, full: bool, ctx) -> dict:
         "rows": [
             {"figure": "MB/s", "eventbatch": eb_mbs, "peer": usual_mbs, "ratio": ratio,
              "target": "≥ 300 MB/s", "met": eb_mbs >= 300},
-            {"figure": "speed vs usual way", "eventbatch": eb_s, "peer": usual_s, "unit": "s", "ratio": ratio,
-             "target": "≥ 5× the usual way", "met": ratio >= 5},
-            {"figure": "peak RSS, MB", "eventbatch": eb_peak / 1e6, "peer": usual_peak / 1e6,
-             "ratio": eb_peak / usual_peak,
-             "target": f"≤ 1.5× the file ({1.5 * mb:.0f} MB)", "met": eb_peak <= 1.5 * size},
+            {"figure": "MB/s, vs the usual way", "eventbatch": eb_mbs, "peer": usual_mbs, "ratio": ratio,
+             "target": "ratio ≥ 5×", "met": ratio >= 5},
+            {"figure": f"peak RSS, MB (file {mb:.0f} MB)", "eventbatch": eb_peak / 1e6, "peer": usual_peak / 1e6,
+             "ratio": eb_peak / usual_peak, "target": f"≤ 1.5× the file ({1.5 * mb:.0f} MB)",
+             "met": eb_peak <= 1.5 * size},
         ],
         "targets": [
             {"target": "≥ 300 MB/s", "value": round(eb_mbs, 1), "met": eb_mbs >= 300},
             {"target": "≥ 5× the usual way (json.loads + pydantic per line)", "value": round(ratio, 2),
              "met": ratio >= 5},
-            {"target": "peak memory ≤ 1.5× the file", "value": round(eb_peak / size, 3), "met": eb_peak <= 1.5 * size},
+            {"target": "peak memory ≤ 1.5× the file", "value": round(eb_peak / size, 3),
+             "met": eb_peak <= 1.5 * size},
         ],
         "notes": (f"{lines:,}-line chat-completions file of {mb:.1f} MB read from disk (page cache) in 1 MiB "
                   f"pieces; median of {rounds} alternating rounds, each contender in its own subprocess. "
