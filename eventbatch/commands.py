@@ -78,15 +78,19 @@ async def delete_file(conn: asyncpg.Connection, project: str, file_id: str) -> N
         event = ev.FileDeleted(file_id=file_id, at=time.time())
         await store.append(conn, store.file_stream(file_id), view.version, [event])
         await projections.save_file(conn, projections.evolve_file(view, event))
-        # The bytes go unless a batch that has not finished still reads them.
-        in_use = False
-        if view.purpose == "batch":
-            for (doc,) in await conn.fetch(
-                    "SELECT doc FROM batch_view WHERE project = $1 AND status NOT IN "
-                    "('failed', 'completed', 'expired', 'cancelled')", project):
-                in_use = in_use or projections.decode_batch(doc).input_file_id == file_id
-        if not in_use:
+        # The bytes go unless a batch that has not finished still reads them (the last such
+        # batch drops them when it ends).
+        if view.purpose != "batch" or not await _input_in_use(conn, project, file_id):
             await files.delete_blob(conn, file_id)
+
+
+async def _input_in_use(conn: asyncpg.Connection, project: str, file_id: str, but: str | None = None) -> bool:
+    for (doc,) in await conn.fetch(
+            "SELECT doc FROM batch_view WHERE project = $1 AND status NOT IN "
+            "('failed', 'completed', 'expired', 'cancelled') AND id IS DISTINCT FROM $2", project, but):
+        if projections.decode_batch(doc).input_file_id == file_id:
+            return True
+    return False
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -297,6 +301,10 @@ async def settle_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int = 256)
             state = domain.fold(state, closing)
             await projections.save_batch(conn, state)
             await conn.execute(CLOSE_CHUNKS, batch_id)
+            # An input file deleted while this batch ran kept its bytes for it; they go now.
+            if await conn.fetchval("SELECT deleted FROM file_view WHERE id = $1", state.input_file_id) \
+                    and not await _input_in_use(conn, state.project, state.input_file_id, but=batch_id):
+                await files.delete_blob(conn, state.input_file_id)
         log.info("batch_" + kind, batch_id=batch_id, completed=state.request_counts.completed,
                  failed=state.request_counts.failed)
         return state

@@ -132,3 +132,15 @@ def test_create_rejects_output_file_as_input(client, db):
         client.batches.create(input_file_id=done.error_file_id, endpoint="/v1/chat/completions",
                               completion_window="24h")
     assert e.value.body["param"] == "input_file_id" and "purpose" in e.value.body["message"]
+
+
+def test_deleting_the_input_of_a_running_batch_keeps_it_running(client, db):
+    f = upload(client, [chat_line(i) for i in range(3)] + [slow_line(3, seconds=3)])
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_status(client, b.id, {"in_progress"})
+    assert client.files.delete(f.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+    done = wait_status(client, b.id, {"completed"}, timeout=30)
+    assert done.request_counts.completed == 4  # the bytes stayed while the batch needed them
+    assert db.fetchval("SELECT count(*) FROM file_blobs WHERE file_id = $1", f.id) == 0  # and went after

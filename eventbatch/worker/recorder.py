@@ -59,9 +59,9 @@ class HeldChunk:
 
 class Recorder:
     def __init__(self, pool: asyncpg.Pool, owner: str, on_batch_done: Callable[[str], None],
-                 on_chunk_finished: Callable[[HeldChunk], None]):
+                 on_chunk_finished: Callable[[HeldChunk], None], on_flushed: Callable[[], None] = lambda: None):
         self.pool, self.owner = pool, owner
-        self.on_batch_done, self.on_chunk_finished = on_batch_done, on_chunk_finished
+        self.on_batch_done, self.on_chunk_finished, self.on_flushed = on_batch_done, on_chunk_finished, on_flushed
         self._outcomes: list[tuple[HeldChunk, ev.RequestSucceeded | ev.RequestFailed]] = []
         self._finished: list[HeldChunk] = []     # chunks with nothing left to record
         self._releases: list[HeldChunk] = []
@@ -192,3 +192,4 @@ class Recorder:
                 REQUESTS.inc(outcome, amount=n)
         for b in batches_done:
             self.on_batch_done(b)
+        self.on_flushed()

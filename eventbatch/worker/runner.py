@@ -98,11 +98,14 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.semaphores = {p.name: asyncio.Semaphore(p.concurrency) for p in self.providers}
         total = sum(p.concurrency for p in self.providers)
-        self.max_chunks = max(2, math.ceil(2 * total / settings.chunk_size))
+        # Claim by requests, not chunks: enough open requests to keep every provider's slots busy
+        # (four times the concurrency), however small the chunks (a batch of 5 requests is one chunk).
+        self.want_requests = 4 * total
+        self.max_chunks = 256
         self.held: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
         self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
-                                 on_chunk_finished=self._chunk_finished)
+                                 on_chunk_finished=self._chunk_finished, on_flushed=self._maybe_claim)
         self._stop = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._watch_wake = asyncio.Event()
@@ -123,7 +126,7 @@ class Worker:
         except Exception:
             log.warning("listen_unavailable_polling_only")
         log.info("worker_started", worker=self.owner, providers=[p.name for p in self.providers],
-                 max_chunks=self.max_chunks)
+                 want_requests=self.want_requests)
         for coro, name in ((self.recorder.run(), "recorder"), (self._claim_loop(), "claimer"),
                            (self._heartbeat_loop(), "heartbeat"), (self._watch_loop(), "watcher"),
                            (self._sweep_loop(), "sweeper")):
@@ -209,9 +212,11 @@ class Worker:
 
     async def _claim(self) -> None:
         while not self._stop.is_set():
-            room = self.max_chunks - len(self.held)
-            if room <= 0:
+            open_requests = sum(c.remaining if c.remaining >= 0 else c.count for c in self.held.values())
+            if open_requests >= self.want_requests or len(self.held) >= self.max_chunks:
                 return
+            room = min(self.max_chunks - len(self.held),
+                       max(1, math.ceil((self.want_requests - open_requests) / self.settings.chunk_size)))
             rows = await self.pool.fetch(CLAIM_CHUNKS, self.owner, room, self.settings.lease_seconds)
             if not rows:
                 return
@@ -235,6 +240,12 @@ class Worker:
                 state = await projections.get_batch(conn, batch_id)
             run = self.runs[batch_id] = BatchRun(state, provider_for(self.providers, state.model))
         return run
+
+    def _maybe_claim(self) -> None:
+        """After a flush: claim more as soon as the open requests fall below what keeps the
+        providers busy, not at the next poll."""
+        if sum(c.remaining if c.remaining >= 0 else c.count for c in self.held.values()) < self.want_requests:
+            self._claim_wake.set()
 
     def _chunk_finished(self, chunk: HeldChunk) -> None:
         self.held.pop((chunk.batch_id, chunk.chunk_no), None)
