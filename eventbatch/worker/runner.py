@@ -347,8 +347,10 @@ class Worker:
         rows = await self.pool.fetch(HEARTBEAT, self.owner, self.settings.lease_seconds,
                                      [c.batch_id for c in held], [c.chunk_no for c in held], [c.epoch for c in held])
         alive = {(r["batch_id"], r["chunk_no"]): r["lease_epoch"] for r in rows}
-        for key, chunk in list(self.held.items()):
-            if alive.get(key) != chunk.epoch:
+        # Judge only the chunks this heartbeat asked about: one claimed while it ran is not lost.
+        for chunk in held:
+            key = (chunk.batch_id, chunk.chunk_no)
+            if self.held.get(key) is chunk and alive.get(key) != chunk.epoch:
                 chunk.lost = True
                 log.warning("lease_lost", batch_id=chunk.batch_id, chunk=chunk.chunk_no)
                 self._abort(chunk, release=False)
