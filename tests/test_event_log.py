@@ -105,7 +105,7 @@ def test_rebuild_verify_cli_is_clean_then_flags_a_tampered_view(client, db, data
 def test_rebuild_while_a_batch_runs(start_proc, new_key, fresh_db):
     """A rebuild done while a worker records outcomes: nothing is lost, finished batches' views
     are byte-identical afterwards, and the running batch's view still equals the log at the end."""
-    from conftest import UPSTREAM_KEY, start_mock, start_server
+    from conftest import start_mock, start_server
     import openai
     iso = fresh_db()
     mock = start_mock(start_proc, "--latency-ms", "20")

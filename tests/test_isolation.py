@@ -8,7 +8,7 @@ import io
 import openai
 import pytest
 
-from conftest import chat_line, jsonl, slow_line, wait_status
+from conftest import jsonl, slow_line, wait_status
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 from openapi_schema_validator import OAS31Validator

@@ -6,7 +6,6 @@ import io
 import json
 import time
 
-import pytest
 
 from conftest import chat_line, jsonl, wait_status
 
