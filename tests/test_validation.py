@@ -348,3 +348,224 @@ def test_a_hundred_megabyte_file_validates():
 def test_module_constants():
     assert (validation.MAX_FILE_BYTES, validation.MAX_REQUESTS, validation.MAX_EMBEDDING_INPUTS,
             validation.MAX_REPORTED_ERRORS) == (200_000_000, 50_000, 50_000, 1000)
+
+
+# --- the fast path (many lines per msgspec call) against the per-line path --------------------
+#
+# Fed whole (or in big pieces), runs of lines go through the fast path and only the runs it
+# rejects go line by line; fed one byte at a time, every line is completed by a piece and so
+# goes through the per-line path on its own. The two must agree on everything.
+
+def _per_line(data: bytes, endpoint: str = CHAT, **kw: object) -> ValidationResult:
+    return validate(data, endpoint, piece=1, **kw)
+
+
+def _bad_lines(i: int, url: str) -> list[bytes]:
+    """One line of every kind of problem (and of unusual but valid lines), for request i."""
+    ok = {"custom_id": f"x{i}", "method": "POST", "url": url, "body": {"model": "m1", "messages": []}}
+    good = msgspec.json.encode(ok)
+    return [
+        b'{"custom_id": "x", "method": ',                                  # truncated
+        b"[1, 2, 3]", b'"just a string"', b"nope", b"{}",
+        line(OMIT, url=url), line(f"a{i}", method=OMIT, url=url), line(f"b{i}", url=OMIT),
+        line(f"c{i}", url=url, body=OMIT), line(f"d{i}", url=url, body="a string"),
+        line(f"e{i}", url=url, body=None), line(42, url=url), line("", url=url),
+        line("x" * 513, url=url), line("é" * 512, url=url),               # too long / just fits
+        line("r0", url=url),                                               # duplicate of a good line
+        line(f"f{i}", method="GET", url=url), line(f"g{i}", url="/nope"),
+        line(f"h{i}", url=url, body={"messages": []}), line(f"k{i}", url=url, body={"model": 5}),
+        line(f"l{i}", url=url, body={"model": "other"}), line(f"n{i}", url=url, body={"model": ""}),
+        line(f"o{i}", url=url, body={"model": "m1", "stream": True}),
+        line(f"p{i}", url=url, body={"model": "m1", "stream": "yes"}),      # fine: only true is refused
+        line(f"q{i}", url=url, body={"model": "m1", "stream": 1}),          # fine too
+        good[:-1] + b',"z":"\xc3"}',                                       # bad UTF-8 in a skipped field
+        good[:-1] + b',"z":"\xe2\x80"}',
+        good.replace(b'"messages":[]', b'"messages":["\xff"]'),
+        good + good,                                                       # two objects on one line
+        good[:-2] + b"\n" + b"]}}",                                        # one object over two lines
+        b" " + line(f"s{i}", url=url), line(f"t{i}", url=url) + b"  ",      # fine, oddly written
+        b'{"custom_id":"u%d","method":"POST","url":"%s","body":{"model":"m1","x":%s}}'
+        % (i, url.encode(), b"[" * 3000 + b"]" * 3000),                    # nested too deep
+        b"\x0b",                                                           # blank (isspace), not JSON space
+        line(f"v{i}", url=url, body={"model": "m1", "messages": [{"role": "user", "content": "Ünïcödé 東京 “q”"}]}),
+        line(f"w{i}", url=url, custom=True),                               # unknown top-level field: fine
+    ]
+
+
+def _mixed(seed: int, url: str = CHAT, n: int = 300, p_bad: float = 0.05, p_blank: float = 0.05) -> bytes:
+    import random
+    rnd = random.Random(seed)
+    lines = []
+    for i in range(n):
+        r = rnd.random()
+        if r < p_blank:
+            lines.append(rnd.choice([b"", b"  ", b"\t", b"\r", b" \r"]))
+        elif r < p_blank + p_bad:
+            lines.append(rnd.choice(_bad_lines(i, url)))
+        else:
+            body: dict = {"model": "m1", "messages": [{"role": "user", "content": rnd.choice(
+                ["hi", "café — “quoted” 東京", "x" * rnd.randint(0, 3000)])}]}
+            if url == EMBEDDINGS:
+                body = {"model": "m1", "input": rnd.choice(["s", ["a", "b"], [1, 2], [[1], [2]], []])}
+            lines.append(line(f"r{i}", url=url, body=body))
+    sep = rnd.choice([b"\n", b"\r\n"])
+    data = sep.join(lines) + rnd.choice([sep, b""])
+    return b"\xef\xbb\xbf" + data if rnd.random() < 0.3 else data
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_path_and_per_line_path_agree(seed):
+    url = EMBEDDINGS if seed % 4 == 3 else CHAT
+    p_bad = [0.0, 0.01, 0.05, 0.3, 0.9][seed % 5]
+    data = _mixed(seed, url, p_bad=p_bad, p_blank=0.1 if seed % 3 == 0 else 0.0)
+    for chunk_size in (1, 7, 256):
+        reference = _per_line(data, url, chunk_size=chunk_size)
+        for piece in (None, 1 << 20, 4096, 1000):
+            assert validate(data, url, piece=piece, chunk_size=chunk_size) == reference
+    if p_bad == 0.0:
+        assert reference.errors == [] and reference.chunks
+
+
+def test_every_kind_of_bad_line_agrees_wherever_it_sits():
+    # Each bad line alone among good ones, at the start, middle and end of a run.
+    for i, bad in enumerate(_bad_lines(0, CHAT)):
+        for at in (1, 40, 99):
+            lines = [line(f"r{k}") for k in range(100)]
+            lines[at] = bad
+            data = b"\n".join(lines) + b"\n"
+            assert validate(data) == _per_line(data), (i, at, bad[:80])
+
+
+def _count_per_line_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    original = Validator._line
+
+    def counting(self, text, size):
+        calls[0] += 1
+        return original(self, text, size)
+
+    monkeypatch.setattr(Validator, "_line", counting)
+    return calls
+
+
+def test_clean_lines_take_the_fast_path(monkeypatch):
+    calls = _count_per_line_calls(monkeypatch)
+    data = b"\n".join(line(f"r{i}", body={"model": "m1", "messages": [{"role": "user", "content": "é東"}]})
+                      for i in range(2000)) + b"\n"
+    result = validate(data)
+    assert result.errors == [] and result.total == 2000 and sum(c.count for c in result.chunks) == 2000
+    assert calls[0] == 1            # only the file's first line (it could start with a BOM)
+
+
+def test_one_bad_line_costs_only_its_run_the_per_line_path(monkeypatch):
+    calls = _count_per_line_calls(monkeypatch)
+    lines = [line(f"r{i}") for i in range(2000)]
+    lines[1234] = line("r7")                          # duplicate of line 8
+    result = validate(b"\n".join(lines) + b"\n")
+    assert codes(result) == [("duplicate_custom_id", "custom_id", 1235)]
+    assert "already used on line 8" in result.errors[0].message
+    assert calls[0] <= 1 + 32
+
+
+def test_duplicate_of_an_id_the_fast_path_recorded_names_its_line():
+    lines = [line(f"r{i}") for i in range(1000)]
+    data = b"\n".join(lines) + b"\n\n" + line("r500") + b"\n" + line("r999", method="GET") + b"\n"
+    result = validate(data, piece=4096)
+    assert codes(result) == [("duplicate_custom_id", "custom_id", 1002), ("duplicate_custom_id", "custom_id", 1003)]
+    assert "already used on line 501" in result.errors[0].message
+    assert "already used on line 1000" in result.errors[1].message
+    assert result == _per_line(data)
+
+
+def test_duplicates_within_one_run_are_found():
+    lines = [line(f"r{i % 150}") for i in range(300)]
+    result = validate(b"\n".join(lines))
+    assert [e.line for e in result.errors] == list(range(151, 301))
+    assert result.errors[0].message.startswith("Line 151: custom_id \"r0\" is already used on line 1;")
+
+
+def test_invalid_utf8_inside_a_skipped_field_is_found_by_the_fast_path():
+    lines = [line(f"r{i}", body={"model": "m1", "messages": [{"role": "user", "content": "ok é"}]})
+             for i in range(500)]
+    lines[321] = lines[321].replace("é".encode(), b"\xc3")
+    data = b"\n".join(lines) + b"\n"
+    result = validate(data)
+    assert codes(result) == [("invalid_json_line", None, 322)]
+    assert result.errors[0].message.startswith("Line 322: the line is not valid UTF-8.")
+    assert result == _per_line(data)
+
+
+def test_model_set_by_a_fast_run_is_enforced_later():
+    data = b"\n".join([line(f"r{i}") for i in range(400)] + [line("x", body={"model": "m2"})])
+    result = validate(data)
+    assert codes(result) == [("mismatched_model", "body.model", 401)]
+    assert "line 1 uses" in result.errors[0].message and result.model == "m1"
+
+
+def test_nesting_depth_limit_is_the_same_on_both_paths():
+    # How deep JSON may nest before msgspec raises RecursionError depends on the stack; both
+    # paths must draw the line at the same depth, whatever it is. (Both calls below are made
+    # from the same depth: a helper in between would itself move the line by one.)
+    import sys
+    top = sys.getrecursionlimit()
+    verdicts = set()
+    for depth in range(top - 120, top + 5):
+        nested = b"[" * depth + b"]" * depth
+        deep = b'{"custom_id":"d","method":"POST","url":"%s","body":{"model":"m1","x":%s}}' % (CHAT.encode(), nested)
+        data = line("a") + b"\n" + deep + b"\n" + line("b") + b"\n"
+        whole = validate(data)
+        assert whole == validate(data, piece=1), depth
+        verdicts.add(whole.error_count)
+    assert verdicts == {0, 1}       # the limit was somewhere in the range
+
+
+def test_pieces_may_be_any_bytes_like_object():
+    data = _mixed(5)
+    expected = validate(data)
+    for kind in (bytearray, memoryview):
+        v = Validator(CHAT)
+        for i in range(0, len(data), 3000):
+            v.feed(kind(data[i:i + 3000]))
+        assert v.finish() == expected
+
+
+def test_mostly_bad_pieces_then_good_ones():
+    # Pieces of mostly bad lines make the validator go line by line for a while; the outcome
+    # must not depend on it.
+    bad = [b"nope %d" % i for i in range(3000)]
+    wrong = [line(f"w{i}", body={"model": "other"}) for i in range(3000)]
+    good = [line(f"r{i}") for i in range(3000)]
+    for lines in (bad + good, good[:10] + wrong + good[10:], wrong + bad + good):
+        data = b"\n".join(lines) + b"\n"
+        assert validate(data, piece=8192) == _per_line(data)
+
+
+def test_values_spread_over_lines_cannot_make_up_the_count():
+    # Two objects on one line plus one object over two lines: as many JSON values as lines,
+    # yet three bad lines. Only lines shaped `{...}` may go through the fast path.
+    good = [line(f"r{i}") for i in range(10)]
+    whole = line("x1")
+    data = b"\n".join(good[:5] + [line("y1") + line("y2"), whole[:-2], whole[-2:]] + good[5:]) + b"\n"
+    result = validate(data)
+    assert codes(result) == [("invalid_json_line", None, 6), ("invalid_json_line", None, 7),
+                             ("invalid_json_line", None, 8)]
+    assert result == _per_line(data)
+
+
+def test_models_are_compared_when_no_line_has_set_the_model_yet():
+    # The first line is bad, so the model is still unknown when the fast path sees the rest.
+    data = b"\n".join([b"nope"] + [line(f"r{i}") for i in range(50)] + [line("x", body={"model": "m2"})]
+                      + [line(f"s{i}") for i in range(50)]) + b"\n"
+    result = validate(data)
+    assert codes(result) == [("invalid_json_line", None, 1), ("mismatched_model", "body.model", 52)]
+    assert result.model == "m1" and "line 2 uses" in result.errors[1].message
+    assert result == _per_line(data)
+
+
+@pytest.mark.parametrize("piece", [None, 1 << 20, 100_000])
+def test_the_request_limit_falls_inside_a_run_of_good_lines(piece):
+    lines = _small_lines(MAX_REQUESTS + 5)
+    lines[MAX_REQUESTS + 2:MAX_REQUESTS + 2] = [b"", b"  "]          # blank lines past the limit
+    result = validate(b"\n".join(lines) + b"\n", piece=piece)
+    assert codes(result) == [("too_many_requests", None, MAX_REQUESTS + 1)]
+    assert result.total == MAX_REQUESTS + 5 and result.chunks == []
