@@ -1,0 +1,86 @@
+"""Faults: the ones a request asks for in its `"mock"` object, and the random ones of the settings.
+
+A request's own `"mock"` object wins over the random faults, so a test can mark one request
+while the rest of the traffic sees the configured fault rates.
+"""
+
+from __future__ import annotations
+
+from .ledger import MockLedger
+from .settings import MockSettings
+
+_RANDOM_FAILURES = (500, 502, 503)
+
+
+class BadControl(ValueError):
+    """The request's `"mock"` object cannot be followed; the request gets a 400 with this message."""
+
+
+class Plan:
+    """How to answer one request: an extra delay, then a forced status, a hang, or the real answer."""
+
+    __slots__ = ("status", "latency_ms", "retry_after_ms", "hang")
+
+    def __init__(self, status: int | None, latency_ms: float, retry_after_ms: int, hang: bool) -> None:
+        self.status = status
+        self.latency_ms = latency_ms
+        self.retry_after_ms = retry_after_ms
+        self.hang = hang
+
+
+def plan_for(body: dict, digest: bytes, settings: MockSettings, ledger: MockLedger) -> Plan:
+    control = body.get("mock")
+    if control is None:
+        return Plan(_random_fault(settings, ledger), settings.latency_ms, settings.retry_after_ms, False)
+    return _requested(control, digest, settings, ledger)
+
+
+def _random_fault(settings: MockSettings, ledger: MockLedger) -> int | None:
+    if settings.rate_limit_rate <= 0 and settings.fail_rate <= 0:
+        return None
+    # One draw split into bands, so each rate is a fraction of all requests.
+    draw = ledger.faults.random()
+    if draw < settings.rate_limit_rate:
+        return 429
+    if draw < settings.rate_limit_rate + settings.fail_rate:
+        return ledger.faults.choice(_RANDOM_FAILURES)
+    return None
+
+
+def _requested(control: object, digest: bytes, settings: MockSettings, ledger: MockLedger) -> Plan:
+    """The body's `"mock"` object:
+
+        {"status": 400}                 always answer 400 with an OpenAI error body
+        {"status": 503, "times": 2}     503 for the first 2 sightings of this exact body, then normal
+        {"latency_ms": 500}             extra delay for this request
+        {"hang": true}                  never answer; held until the client goes away
+        {"status": 429, "retry_after_ms": 1500}   429 with a chosen retry delay
+    """
+    if not isinstance(control, dict):
+        raise BadControl("`mock` must be an object.")
+    if control.get("hang"):
+        return Plan(None, 0.0, settings.retry_after_ms, True)
+    forced: int | None = None
+    status = control.get("status")
+    if status is not None:
+        if not isinstance(status, int) or not 400 <= status <= 599:
+            raise BadControl("`mock.status` must be an integer from 400 to 599.")
+        times = control.get("times")
+        if times is not None and (not isinstance(times, int) or isinstance(times, bool)):
+            raise BadControl("`mock.times` must be an integer.")
+        if times is None:
+            forced = status
+        else:
+            seen = ledger.sightings.get(digest, 0) + 1
+            ledger.sightings[digest] = seen
+            if seen <= times:
+                forced = status
+    latency_ms = settings.latency_ms
+    extra = control.get("latency_ms")
+    if isinstance(extra, (int, float)):
+        latency_ms += extra
+    retry_after_ms = settings.retry_after_ms
+    chosen_retry = control.get("retry_after_ms")
+    if isinstance(chosen_retry, int):
+        retry_after_ms = chosen_retry
+    return Plan(forced, latency_ms, retry_after_ms, False)

@@ -1,0 +1,113 @@
+"""The provider's routes under /v1: each POST is counted in the ledger, checked against the
+faults, then answered from `answers`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any, Callable
+
+import msgspec
+from aiohttp import web
+
+from . import answers
+from .envelopes import decode, error_response, forced, invalid, json_response
+from .faults import BadControl, plan_for
+from .ledger import CLIENT_GONE, MockLedger
+from .state import LEDGER, SETTINGS, STOPPING
+
+_HANG_POLL_SECONDS = 0.05
+
+
+def endpoint(answer: answers.Answer | None) -> Callable[[web.Request], Any]:
+    """A POST route with bookkeeping; `answer=None` is an unknown /v1 path (404, still counted)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ledger = request.app[LEDGER]
+        started_at = time.time()
+        ledger.request_started(started_at, request.headers.get("Authorization"))
+        status = CLIENT_GONE
+        digest = b""
+        try:
+            raw = await request.read()
+            digest = hashlib.blake2b(raw, digest_size=16).digest()
+            if answer is None:
+                response = error_response(404, f"Invalid URL (POST {request.path})", "invalid_request_error")
+            else:
+                response = await _respond(request, ledger, raw, digest, answer)
+            status = response.status
+            return response
+        finally:
+            ledger.request_finished(started_at, request.path, status, digest)
+
+    return handle
+
+
+async def _respond(request: web.Request, ledger: MockLedger, raw: bytes, digest: bytes,
+                   answer: answers.Answer) -> web.Response:
+    settings = request.app[SETTINGS]
+    if settings.api_key is not None and request.headers.get("Authorization") != "Bearer " + settings.api_key:
+        return error_response(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+    try:
+        body = decode(raw)
+    except msgspec.DecodeError:
+        return invalid("We could not parse the JSON body of your request. (HINT: This likely means you "
+                       "aren't using your HTTP library correctly.)")
+    if not isinstance(body, dict):
+        return invalid("The request body must be a JSON object.")
+    try:
+        plan = plan_for(body, digest, settings, ledger)
+    except BadControl as exc:
+        return invalid(str(exc))
+    if plan.hang:
+        return await _hang(request)
+    if plan.latency_ms > 0:
+        await asyncio.sleep(plan.latency_ms / 1000)
+    if plan.status is not None:
+        return forced(plan.status, plan.retry_after_ms)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return invalid("You must provide a model parameter.")
+    try:
+        payload = answer(body, model)
+    except answers.SHAPE_ERRORS as exc:
+        return invalid(f"The request body has an unexpected shape: {exc}")
+    return json_response(200, payload)
+
+
+async def _hang(request: web.Request) -> web.Response:
+    """Hold the request until the client disconnects or the server stops."""
+    stopping = request.app[STOPPING]
+    while not stopping.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # Nobody is left to read this; the status only marks the request log.
+            return error_response(CLIENT_GONE, "Client closed the request.", "invalid_request_error")
+        await asyncio.sleep(_HANG_POLL_SECONDS)
+    return error_response(503, "Mock upstream is shutting down.", "server_error")
+
+
+async def _models(request: web.Request) -> web.Response:
+    return json_response(200, answers.model_list())
+
+
+async def _model(request: web.Request) -> web.Response:
+    return json_response(200, answers.model(request.match_info["model"]))
+
+
+_counted_not_found = endpoint(None)
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    if request.method == "POST":
+        return await _counted_not_found(request)
+    return error_response(404, f"Invalid URL ({request.method} {request.path})", "invalid_request_error")
+
+
+def add_provider_routes(app: web.Application) -> None:
+    for path, answer in answers.ANSWERS.items():
+        app.router.add_post(path, endpoint(answer))
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model}", _model)
+    app.router.add_route("*", "/v1/{tail:.*}", _not_found)
