@@ -1,0 +1,127 @@
+"""What an input file must be (SPEC sections 4 and 9): the limits, the endpoints' rules, and the
+error of each code, worded here and nowhere else so that every message can be read side by side.
+
+Each function returns the LineError of one code; `n` is the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .lines import LineError, describe, kind
+
+MAX_FILE_BYTES = 200 * 1000 * 1000      # "200 MB"
+MAX_REQUESTS = 50_000
+MAX_EMBEDDING_INPUTS = 50_000
+MAX_REPORTED_ERRORS = 1000
+MAX_CUSTOM_ID_CHARS = 512
+
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+
+LINE_FIELDS = "custom_id, method, url and body"
+
+
+# --- line errors, in the order the per-line path checks them ---------------------------------
+
+def invalid_json(n: int, text: bytes, exc: Exception) -> LineError:
+    """`exc` is what decoding the line raised (a ValidationError: valid JSON, but not an object)."""
+    if isinstance(exc, msgspec.ValidationError):
+        problem = f"the line is {kind(text.lstrip())}, not a JSON object."
+    elif isinstance(exc, UnicodeDecodeError):
+        problem = "the line is not valid UTF-8."
+    elif str(exc) == "Input data was truncated":
+        problem = "the line ends before its JSON is complete."
+    else:
+        problem = f"the line is not valid JSON ({exc})."
+    return LineError("invalid_json_line", f"Line {n}: {problem} Each line must be one JSON object with "
+                     f"{LINE_FIELDS}.", None, n)
+
+
+def missing_field(n: int, field: str) -> LineError:
+    return LineError("missing_required_parameter",
+                     f"Line {n}: the required field '{field}' is missing; each line needs {LINE_FIELDS}.",
+                     field, n)
+
+
+def body_not_an_object(n: int, raw_body: bytes) -> LineError:
+    return LineError("missing_required_parameter",
+                     f"Line {n}: 'body' must be a JSON object holding the request, got {kind(raw_body)}.",
+                     "body", n)
+
+
+def custom_id_not_a_string(n: int, custom_id: object) -> LineError:
+    return LineError("invalid_custom_id",
+                     f"Line {n}: 'custom_id' must be a string, got {describe(custom_id)}.", "custom_id", n)
+
+
+def custom_id_empty(n: int) -> LineError:
+    return LineError("invalid_custom_id", f"Line {n}: 'custom_id' must not be empty.", "custom_id", n)
+
+
+def custom_id_too_long(n: int, custom_id: str) -> LineError:
+    return LineError("invalid_custom_id",
+                     f"Line {n}: 'custom_id' has {len(custom_id)} characters; "
+                     f"at most {MAX_CUSTOM_ID_CHARS} are allowed.", "custom_id", n)
+
+
+def duplicate_custom_id(n: int, custom_id: str, first_use: int) -> LineError:
+    return LineError("duplicate_custom_id",
+                     f"Line {n}: custom_id {describe(custom_id)} is already used on line {first_use}; "
+                     "each request needs its own custom_id.", "custom_id", n)
+
+
+def invalid_method(n: int, method: object) -> LineError:
+    return LineError("invalid_method", f"Line {n}: 'method' must be \"POST\", got {describe(method)}.",
+                     "method", n)
+
+
+def mismatched_url(n: int, url: object, endpoint: str) -> LineError:
+    return LineError("mismatched_url",
+                     f"Line {n}: 'url' is {describe(url)} but the batch's endpoint is "
+                     f"{describe(endpoint)}; every line must use the batch's endpoint.", "url", n)
+
+
+def missing_model(n: int, model: object, unset: bool) -> LineError:
+    got = "missing" if unset else f"{describe(model)}, not a model name"
+    return LineError("missing_model",
+                     f"Line {n}: 'body.model' is {got}; every request must name its model.", "body.model", n)
+
+
+def mismatched_model(n: int, model: str, batch_model: str, model_line: int) -> LineError:
+    return LineError("mismatched_model",
+                     f"Line {n}: 'body.model' is {describe(model)} but line {model_line} uses "
+                     f"{describe(batch_model)}; all requests of a batch must use the same model.",
+                     "body.model", n)
+
+
+def streaming_unsupported(n: int) -> LineError:
+    return LineError("streaming_unsupported",
+                     f"Line {n}: 'body.stream' is true, but a batch cannot stream; "
+                     "remove it or set it to false.", "body.stream", n)
+
+
+# --- file errors ----------------------------------------------------------------------------
+
+def file_too_large(max_bytes: int) -> LineError:
+    return LineError("file_too_large",
+                     f"The file is larger than {max_bytes / 1e6:g} MB ({max_bytes:,} bytes), the most "
+                     "a batch input file may hold; split it into several files.", None, None)
+
+
+def empty_file() -> LineError:
+    return LineError("empty_file", "The file has no requests; it must hold one JSON request object per line.",
+                     None, None)
+
+
+def too_many_requests(total: int, over_line: int) -> LineError:
+    return LineError("too_many_requests",
+                     f"The file has {total:,} requests; a batch may have at most {MAX_REQUESTS:,} "
+                     f"(line {over_line} is the first over the limit). Split it into several batches.",
+                     None, over_line)
+
+
+def too_many_embedding_inputs(inputs: int, line: int) -> LineError:
+    return LineError("too_many_embedding_inputs",
+                     f"The file has {inputs:,} embedding inputs; an embeddings batch may have at most "
+                     f"{MAX_EMBEDDING_INPUTS:,} (passed on line {line}). Split it into several batches.",
+                     "body.input", line)
