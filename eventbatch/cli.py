@@ -46,14 +46,23 @@ def _parser() -> argparse.ArgumentParser:
                                                                               required=True)
     rb = pr.add_parser("rebuild", help="rebuild every view from the log")
     rb.add_argument("--verify", action="store_true", help="compare instead of replacing; exit 1 on a difference")
-    mu = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
-    mu.add_argument("--host", default="127.0.0.1")
-    mu.add_argument("--port", type=int, default=8081)
-    mu.add_argument("--latency-ms", type=float, default=0.0)
-    mu.add_argument("--fail-rate", type=float, default=0.0)
-    mu.add_argument("--rate-limit-rate", type=float, default=0.0)
-    mu.add_argument("--api-key", help="require this key (default: accept any)")
-    mu.add_argument("--seed", type=int)
+    mu = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider",
+                        description="A fake OpenAI-compatible provider for tests and benchmarks. Every "
+                                    "setting can also be changed while it runs: POST a JSON object of them "
+                                    "to <control URL>/_mock/config.")
+    mu.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    mu.add_argument("--port", type=int, default=8081, help="the provider's port, /v1 (default: %(default)s)")
+    mu.add_argument("--control-port", type=int, default=0,
+                    help="port of the /_mock control routes, reachable during an outage; 0 picks a free "
+                         "one, printed at start (default: %(default)s)")
+    mu.add_argument("--latency-ms", type=float, default=0.0,
+                    help="delay before every answer, in milliseconds (default: %(default)s)")
+    mu.add_argument("--fail-rate", type=float, default=0.0,
+                    help="fraction of requests answered 500/502/503 at random (default: %(default)s)")
+    mu.add_argument("--rate-limit-rate", type=float, default=0.0,
+                    help="fraction of requests answered 429 at random (default: %(default)s)")
+    mu.add_argument("--api-key", help="require `Authorization: Bearer <this>` (default: accept any)")
+    mu.add_argument("--seed", type=int, help="seed of the random faults (default: a different sequence each run)")
     return p
 
 
@@ -92,13 +101,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _mock_upstream(args) -> int:
-    from .mock_upstream import MockSettings, run_mock
+    from .mock_upstream import MockListenError, MockSettings, run_mock
 
-    for name in ("fail_rate", "rate_limit_rate"):
-        value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:
-            raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 1; got {value}.")
-    run_mock(MockSettings(latency_ms=args.latency_ms, fail_rate=args.fail_rate,
-                          rate_limit_rate=args.rate_limit_rate, api_key=args.api_key, seed=args.seed),
-             args.host, args.port)
+    try:
+        settings = MockSettings(latency_ms=args.latency_ms, fail_rate=args.fail_rate,
+                                rate_limit_rate=args.rate_limit_rate, api_key=args.api_key, seed=args.seed)
+    except ValueError as exc:
+        raise SettingsError(_as_flags(str(exc))) from exc
+    try:
+        run_mock(settings, args.host, args.port, args.control_port)
+    except MockListenError as exc:
+        raise SettingsError(str(exc)) from exc
     return 0
+
+
+def _as_flags(message: str) -> str:
+    """A MockSettings message names fields (`fail_rate`); on the command line they are flags."""
+    import re
+    return re.sub(r"`([a-z_]+)`", lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -20,6 +25,22 @@ async def mock_upstream(**settings):
             yield session, base_url
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_mock(**settings):
+    """The mock and a session, for tests that use its control site (`server.control_url`)."""
+    server, _ = await start_mock(MockSettings(**settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield session, server
+    finally:
+        await server.cleanup()
+
+
+async def configure(session, server, **changes):
+    async with session.post(server.control_url + "/_mock/config", json=changes) as r:
+        return r.status, await r.json()
 
 
 def root(base_url: str) -> str:
@@ -297,8 +318,62 @@ async def test_stats_request_log_and_reset():
         async with session.post(root(base) + "/_mock/reset") as r:
             assert r.status == 200
         s = await stats(session, base)
+        assert s.pop("config")["latency_ms"] == 0.0
         assert s == {"requests": 0, "by_status": {}, "in_flight": 0, "max_in_flight": 0, "successes": 0,
                      "duplicate_successes": 0, "authorization_seen": [], "first_request_at": None,
                      "last_request_started_at": None}
         async with session.get(root(base) + "/_mock/requests") as r:
             assert (await r.json())["data"] == []
+
+
+@pytest.mark.asyncio
+async def test_control_site_shares_the_state_and_config_changes_a_running_mock():
+    async with running_mock(api_key="sk-secret") as (session, server):
+        assert server.control_port not in (0, server.port)
+        auth = {"Authorization": "Bearer sk-secret"}
+        body = {"model": "m", "messages": []}
+        assert (await post(session, server.base_url + "/chat/completions", body, headers=auth))[0] == 200
+        async with session.get(server.control_url + "/_mock/stats") as r:
+            s = await r.json()
+        assert s["requests"] == 1 and s["by_status"] == {"200": 1}
+        assert s["config"]["api_key"] == "(set)" and "sk-secret" not in str(s["config"])
+        # The control site answers only /_mock.
+        async with session.post(server.control_url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 404
+
+        status, config = await configure(session, server, latency_ms=150, api_key=None)
+        assert status == 200 and config["latency_ms"] == 150 and config["api_key"] is None
+        started = time.monotonic()
+        assert (await post(session, server.base_url + "/chat/completions", body))[0] == 200
+        assert time.monotonic() - started >= 0.14
+
+        for bad in ({"no_such_setting": 1}, {"fail_rate": 2}, {"latency_ms": "slow"}):
+            status, answer = await configure(session, server, **bad)
+            assert status == 400, bad
+            assert_error_envelope(answer, "invalid_request_error")
+        assert "latency_ms" in (await configure(session, server, no_such_setting=1))[1]["error"]["message"]
+        async with session.get(server.control_url + "/_mock/config") as r:
+            config = await r.json()
+        assert config["fail_rate"] == 0.0 and config["latency_ms"] == 150
+
+
+def test_a_port_in_use_is_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag in ("--port", "--control-port"):
+            args = ["--port", "0", "--control-port", str(port)] if flag == "--control-port" else ["--port", str(port)]
+            done = subprocess.run([sys.executable, "-m", "eventbatch", "mock-upstream", *args],
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 2, done.stderr
+            assert done.stderr == (f"eventbatch: error: cannot listen on 127.0.0.1:{port} "
+                                   f"({os.strerror(errno.EADDRINUSE)}); choose another {flag}.\n")
+            assert "Traceback" not in done.stdout
+
+
+def test_a_bad_setting_on_the_command_line_names_the_flag():
+    done = subprocess.run([sys.executable, "-m", "eventbatch", "mock-upstream", "--port", "0",
+                           "--fail-rate", "1.5"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == "eventbatch: error: --fail-rate must be between 0 and 1; got 1.5.\n"

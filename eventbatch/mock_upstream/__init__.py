@@ -19,7 +19,8 @@ msgspec for JSON, a 16-byte blake2b of the raw body, no logging.
 """
 
 from .ledger import MockLedger
-from .server import create_mock_app, run_mock, start_mock
+from .server import MockListenError, MockServer, StartedMock, create_control_app, create_mock_app, run_mock, start_mock
 from .settings import MockSettings
 
-__all__ = ["MockLedger", "MockSettings", "create_mock_app", "run_mock", "start_mock"]
+__all__ = ["MockLedger", "MockListenError", "MockServer", "MockSettings", "StartedMock", "create_control_app",
+           "create_mock_app", "run_mock", "start_mock"]

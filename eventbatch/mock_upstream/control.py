@@ -1,15 +1,31 @@
-"""The routes under /_mock that let tests see what the gateway did to the mock."""
+"""The routes under /_mock: what the gateway did to the mock, and changing how it behaves.
+
+    GET  /_mock/stats            counts, statuses, concurrency, and `config`
+    GET  /_mock/requests?since=T every request from T (unix seconds) on, in order of arrival
+    POST /_mock/reset            forget what was seen (the settings stay)
+    GET  /_mock/config           the settings
+    POST /_mock/config           change settings on the running mock: a JSON object of
+                                 MockSettings fields, e.g. {"latency_ms": 50}
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from aiohttp import web
 
-from .envelopes import invalid, json_response
-from .state import LEDGER
+from . import settings as settings_module
+from .envelopes import decode, invalid, json_response
+from .state import LEDGER, SETTINGS
+
+
+def _config_view(app: web.Application) -> dict[str, Any]:
+    return settings_module.public_view(app[SETTINGS])
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return json_response(200, request.app[LEDGER].stats())
+    return json_response(200, {**request.app[LEDGER].stats(), "config": _config_view(request.app)})
 
 
 async def _reset(request: web.Request) -> web.Response:
@@ -25,7 +41,37 @@ async def _requests(request: web.Request) -> web.Response:
     return json_response(200, {"data": request.app[LEDGER].rows(since)})
 
 
+async def _get_config(request: web.Request) -> web.Response:
+    return json_response(200, _config_view(request.app))
+
+
+async def _change_config(request: web.Request) -> web.Response:
+    try:
+        changes = decode(await request.read())
+    except msgspec.DecodeError:
+        return invalid("The body must be a JSON object of settings to change, e.g. {\"latency_ms\": 50}.")
+    if not isinstance(changes, dict):
+        return invalid("The body must be a JSON object of settings to change, e.g. {\"latency_ms\": 50}.")
+    unknown = sorted(set(changes) - set(settings_module.FIELDS))
+    if unknown:
+        return invalid(f"Unknown setting {', '.join(map(repr, unknown))}; "
+                       f"known: {', '.join(settings_module.FIELDS)}.")
+    current = request.app[SETTINGS]
+    try:
+        new = settings_module.changed(current, changes)
+    except msgspec.ValidationError as exc:
+        return invalid(f"{exc}. Nothing was changed.")
+    # The provider's handlers hold this very object, so the change is seen by the next request.
+    for name in changes:
+        setattr(current, name, getattr(new, name))
+    if "seed" in changes:
+        request.app[LEDGER].reseed(new.seed)
+    return json_response(200, _config_view(request.app))
+
+
 def add_control_routes(app: web.Application) -> None:
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
     app.router.add_get("/_mock/requests", _requests)
+    app.router.add_get("/_mock/config", _get_config)
+    app.router.add_post("/_mock/config", _change_config)

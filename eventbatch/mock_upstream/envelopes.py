@@ -38,14 +38,19 @@ def invalid(message: str) -> web.Response:
     return error_response(400, message, "invalid_request_error")
 
 
-def rate_limited(retry_after_ms: int) -> web.Response:
+def rate_limited(retry_after_ms: int | None) -> web.Response:
+    """OpenAI's 429; `retry_after_ms=None` leaves out both retry headers."""
+    headers = None
+    if retry_after_ms is not None:
+        # Whole seconds, as the header requires: never below the milliseconds, never 0 unless they are.
+        seconds = max(1, math.ceil(retry_after_ms / 1000)) if retry_after_ms > 0 else 0
+        headers = {"retry-after-ms": str(retry_after_ms), "Retry-After": str(seconds)}
     return error_response(
         429, "Rate limit reached (mock upstream). Please try again later.", "rate_limit_error",
-        "rate_limit_exceeded",
-        {"retry-after-ms": str(retry_after_ms), "Retry-After": str(max(1, math.ceil(retry_after_ms / 1000)))})
+        "rate_limit_exceeded", headers)
 
 
-def forced(status: int, retry_after_ms: int) -> web.Response:
+def forced(status: int, retry_after_ms: int | None) -> web.Response:
     """The answer for a status a fault chose: 429 with retry headers, others with their phrase."""
     if status == 429:
         return rate_limited(retry_after_ms)

@@ -21,7 +21,7 @@ class Plan:
 
     __slots__ = ("status", "latency_ms", "retry_after_ms", "hang")
 
-    def __init__(self, status: int | None, latency_ms: float, retry_after_ms: int, hang: bool) -> None:
+    def __init__(self, status: int | None, latency_ms: float, retry_after_ms: int | None, hang: bool) -> None:
         self.status = status
         self.latency_ms = latency_ms
         self.retry_after_ms = retry_after_ms

@@ -19,6 +19,11 @@ class MockLedger:
         self._seed = seed
         self.reset()
 
+    def reseed(self, seed: int | None) -> None:
+        """A new fault sequence from `seed`, as if the mock had started with it."""
+        self._seed = seed
+        self.faults = random.Random(seed)
+
     def reset(self) -> None:
         self.faults = random.Random(self._seed)
         self.requests = 0

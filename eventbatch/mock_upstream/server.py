@@ -1,9 +1,16 @@
-"""The mock's app, and serving it: `start_mock` for tests, `run_mock` for the CLI."""
+"""The mock's apps, and serving them: `start_mock` for tests, `run_mock` for the CLI.
+
+Two listening sites share one state: the provider's (`/v1` and, as before, `/_mock`) and a
+control site (`/_mock` only, on `control_port`). The control site is what keeps a test in
+charge while the provider's site is down for an outage.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -13,12 +20,15 @@ from .provider import add_provider_routes
 from .settings import MockSettings
 from .state import LEDGER, SETTINGS, STOPPING
 
+_SHARED_KEYS = (SETTINGS, LEDGER, STOPPING)
+
 
 async def _signal_stopping(app: web.Application) -> None:
     app[STOPPING].set()
 
 
 def create_mock_app(settings: MockSettings) -> web.Application:
+    """The provider's app: /v1 routes, and the /_mock routes for tests that use one port."""
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app[SETTINGS] = settings
     app[LEDGER] = MockLedger(settings.seed)
@@ -29,39 +39,109 @@ def create_mock_app(settings: MockSettings) -> web.Application:
     return app
 
 
-def _base_url(host: str, port: int) -> str:
+def create_control_app(provider_app: web.Application) -> web.Application:
+    """The /_mock routes alone, over the provider app's state."""
+    app = web.Application()
+    for key in _SHARED_KEYS:
+        app[key] = provider_app[key]
+    add_control_routes(app)
+    return app
+
+
+class MockListenError(Exception):
+    """A port the mock was asked for cannot be listened on; the message says what to do."""
+
+    def __init__(self, host: str, port: int, option: str, cause: OSError) -> None:
+        reason = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else (cause.strerror or str(cause))
+        super().__init__(f"cannot listen on {_authority(host, port)} ({reason}); choose another {option}.")
+
+
+def _authority(host: str, port: int) -> str:
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/v1"
+    return f"{host}:{port}"
 
 
-async def start_mock(settings: MockSettings, host: str = "127.0.0.1",
-                     port: int = 0) -> tuple[web.AppRunner, str]:
-    """Serve on host:port (0 picks a free port); the caller ends it with `await runner.cleanup()`."""
-    runner = web.AppRunner(create_mock_app(settings), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
+async def _listen(runner: web.AppRunner, host: str, port: int, option: str) -> web.TCPSite:
     site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    return runner, _base_url(host, runner.addresses[0][1])
+    try:
+        await site.start()
+    except OSError as exc:
+        await site.stop()
+        raise MockListenError(host, port, option, exc) from exc
+    return site
 
 
-async def _serve_until_signalled(settings: MockSettings, host: str, port: int) -> None:
-    runner, url = await start_mock(settings, host, port)
+class MockServer:
+    """The running mock: its provider site, its control site, and their shared app state."""
+
+    def __init__(self, settings: MockSettings, host: str) -> None:
+        self.host = host
+        self.app = create_mock_app(settings)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        self._control_runner = web.AppRunner(create_control_app(self.app), access_log=None,
+                                             shutdown_timeout=2.0)
+        self.port = 0
+        self.control_port = 0
+
+    @property
+    def base_url(self) -> str:
+        """The provider's URL, with /v1: what a gateway is configured with."""
+        return f"http://{_authority(self.host, self.port)}/v1"
+
+    @property
+    def control_url(self) -> str:
+        """The control site's root: `control_url + "/_mock/stats"` answers even during an outage."""
+        return f"http://{_authority(self.host, self.control_port)}"
+
+    async def start(self, port: int, control_port: int) -> None:
+        await self._runner.setup()
+        await self._control_runner.setup()
+        try:
+            self.port = (await _listen(self._runner, self.host, port, "--port")).port
+            self.control_port = (await _listen(self._control_runner, self.host, control_port,
+                                               "--control-port")).port
+        except MockListenError:
+            await self.cleanup()
+            raise
+
+    async def cleanup(self) -> None:
+        await self._control_runner.cleanup()
+        await self._runner.cleanup()
+
+
+class StartedMock(NamedTuple):
+    server: MockServer  # end it with `await server.cleanup()`
+    base_url: str
+
+
+async def start_mock(settings: MockSettings, host: str = "127.0.0.1", port: int = 0,
+                     control_port: int = 0) -> StartedMock:
+    """Serve on host:port and host:control_port (0 picks a free port); raises MockListenError."""
+    server = MockServer(settings, host)
+    await server.start(port, control_port)
+    return StartedMock(server, server.base_url)
+
+
+async def _serve_until_signalled(settings: MockSettings, host: str, port: int, control_port: int) -> None:
+    server, url = await start_mock(settings, host, port, control_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"mock-upstream listening on {url}", flush=True)
+    print(f"mock-upstream control on {server.control_url}/_mock (stats, config, requests, attempts, reset)",
+          flush=True)
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.cleanup()
 
 
-def run_mock(settings: MockSettings, host: str, port: int) -> None:
-    """Blocking, for the CLI: serve until SIGINT or SIGTERM."""
-    asyncio.run(_serve_until_signalled(settings, host, port))
+def run_mock(settings: MockSettings, host: str, port: int, control_port: int = 0) -> None:
+    """Blocking, for the CLI: serve until SIGINT or SIGTERM; raises MockListenError."""
+    asyncio.run(_serve_until_signalled(settings, host, port, control_port))
