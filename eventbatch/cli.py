@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="fraction of requests answered 500/502/503 at random (default: %(default)s)")
     mu.add_argument("--rate-limit-rate", type=float, default=0.0,
                     help="fraction of requests answered 429 at random (default: %(default)s)")
+    retry = mu.add_mutually_exclusive_group()
+    retry.add_argument("--retry-after", type=float, metavar="SECONDS",
+                       help="every 429 carries `Retry-After: SECONDS` (rounded up to whole seconds) and "
+                            "`retry-after-ms: SECONDS*1000` (default: the --retry-after-ms default)")
+    retry.add_argument("--retry-after-ms", type=int, default=20, metavar="MS",
+                       help="every 429 carries `retry-after-ms: MS` and `Retry-After` in whole seconds, at "
+                            "least 1 (default: %(default)s)")
+    retry.add_argument("--no-retry-after", action="store_true",
+                       help="429s carry neither retry header (default: they carry both)")
     mu.add_argument("--api-key", help="require `Authorization: Bearer <this>` (default: accept any)")
     mu.add_argument("--seed", type=int, help="seed of the random faults (default: a different sequence each run)")
     return p
@@ -104,8 +113,11 @@ def _mock_upstream(args) -> int:
     from .mock_upstream import MockListenError, MockSettings, run_mock
 
     try:
+        retry_after_ms = (None if args.no_retry_after else
+                          args.retry_after_ms if args.retry_after is None else round(args.retry_after * 1000))
         settings = MockSettings(latency_ms=args.latency_ms, fail_rate=args.fail_rate,
-                                rate_limit_rate=args.rate_limit_rate, api_key=args.api_key, seed=args.seed)
+                                rate_limit_rate=args.rate_limit_rate, retry_after_ms=retry_after_ms,
+                                api_key=args.api_key, seed=args.seed)
     except ValueError as exc:
         raise SettingsError(_as_flags(str(exc))) from exc
     try:

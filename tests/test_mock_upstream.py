@@ -377,3 +377,85 @@ def test_a_bad_setting_on_the_command_line_names_the_flag():
                            "--fail-rate", "1.5"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr == "eventbatch: error: --fail-rate must be between 0 and 1; got 1.5.\n"
+
+
+@contextlib.contextmanager
+def spawned_mock(*args: str):
+    """`python -m eventbatch mock-upstream --port 0 ARGS` as a process; yields its two URLs."""
+    proc = subprocess.Popen([sys.executable, "-m", "eventbatch", "mock-upstream", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        listening = proc.stdout.readline()
+        control = proc.stdout.readline()
+        assert listening.startswith("mock-upstream listening on http://127.0.0.1:"), proc.stderr.read()
+        assert control.startswith("mock-upstream control on http://127.0.0.1:")
+        yield listening.split()[-1], control.split()[3].removesuffix("/_mock")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_fixed_retry_after_on_every_429_and_changed_at_runtime():
+    async with running_mock(rate_limit_rate=1.0, retry_after_ms=3000) as (session, server):
+        url = server.base_url + "/chat/completions"
+        for body in ({"model": "m", "messages": []},  # a random 429
+                     {"model": "m", "messages": [], "mock": {"status": 429}}):  # a requested one
+            status, headers, answer = await post(session, url, body)
+            assert status == 429 and headers["Retry-After"] == "3" and headers["retry-after-ms"] == "3000"
+            assert_error_envelope(answer, "rate_limit_error")
+        assert (await configure(session, server, retry_after=1.5))[1]["retry_after_ms"] == 1500
+        _, headers, _ = await post(session, url, {"model": "m", "messages": []})
+        assert headers["Retry-After"] == "2" and headers["retry-after-ms"] == "1500"
+        await configure(session, server, retry_after_ms=0)
+        _, headers, _ = await post(session, url, {"model": "m", "messages": []})
+        assert headers["Retry-After"] == "0" and headers["retry-after-ms"] == "0"
+        await configure(session, server, retry_after=None)
+        status, headers, _ = await post(session, url, {"model": "m", "messages": []})
+        assert status == 429 and "Retry-After" not in headers and "retry-after-ms" not in headers
+
+
+@pytest.mark.asyncio
+async def test_retry_after_flags_of_the_command():
+    async with aiohttp.ClientSession() as session:
+        for args, seconds, ms in ((["--retry-after", "2"], "2", "2000"),
+                                  (["--retry-after-ms", "2500"], "3", "2500")):
+            with spawned_mock("--rate-limit-rate", "1", *args) as (base, control):
+                status, headers, _ = await post(session, base + "/embeddings", {"model": "m", "input": "a"})
+                assert status == 429 and (headers["Retry-After"], headers["retry-after-ms"]) == (seconds, ms)
+                async with session.get(control + "/_mock/stats") as r:
+                    assert (await r.json())["config"]["retry_after_ms"] == int(ms)
+        with spawned_mock("--rate-limit-rate", "1", "--no-retry-after") as (base, _):
+            _, headers, _ = await post(session, base + "/embeddings", {"model": "m", "input": "a"})
+            assert "Retry-After" not in headers and "retry-after-ms" not in headers
+
+
+@pytest.mark.asyncio
+async def test_attempts_per_body_show_retries_sooner_than_retry_after():
+    async with running_mock() as (session, server):
+        url = server.base_url + "/chat/completions"
+        limited = {"model": "m", "messages": [], "mock": {"status": 429, "retry_after_ms": 300, "times": 2}}
+        before = time.time()
+        assert (await post(session, url, limited))[0] == 429
+        assert (await post(session, url, limited))[0] == 429  # at once: sooner than 300 ms allowed
+        await asyncio.sleep(0.35)
+        assert (await post(session, url, limited))[0] == 200  # waited: not early
+        await post(session, url, {"model": "m", "messages": []})
+
+        async with session.get(server.control_url + "/_mock/requests", params={"since": str(before)}) as r:
+            rows = (await r.json())["data"]
+        assert [(row["status"], row["retry_after_ms"]) for row in rows] == [(429, 300), (429, 300), (200, None),
+                                                                            (200, None)]
+        assert all(before <= row["started_at"] <= row["answered_at"] <= time.time() for row in rows)
+
+        async with session.get(server.control_url + "/_mock/attempts") as r:
+            attempts = await r.json()
+        assert attempts["bodies"] == 2 and attempts["max_attempts"] == 3 and attempts["early_retries"] == 1
+        (one,) = [d for d in attempts["data"] if len(d["attempts"]) == 3]
+        assert one["early_retries"] == 1 and one["body_sha"] == rows[0]["body_sha"]
+        assert [a["status"] for a in one["attempts"]] == [429, 429, 200]
+        gaps = [b["started_at"] - a["answered_at"] for a, b in zip(one["attempts"], one["attempts"][1:])]
+        assert gaps[0] < 0.3 <= gaps[1]
+        async with session.get(server.control_url + "/_mock/attempts",
+                               params={"body_sha": rows[-1]["body_sha"]}) as r:
+            assert [d["body_sha"] for d in (await r.json())["data"]] == [rows[-1]["body_sha"]]

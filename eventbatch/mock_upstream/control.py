@@ -1,11 +1,16 @@
 """The routes under /_mock: what the gateway did to the mock, and changing how it behaves.
 
     GET  /_mock/stats            counts, statuses, concurrency, and `config`
-    GET  /_mock/requests?since=T every request from T (unix seconds) on, in order of arrival
+    GET  /_mock/requests?since=T every request from T (unix seconds) on, in order of arrival:
+                                 started_at, answered_at, path, status, body_sha, retry_after_ms
+    GET  /_mock/attempts?since=T the same grouped by body_sha, with `early_retries`: attempts sent
+                                 sooner than the previous attempt's 429 (`retry-after-ms`) allowed
+                                 (both take `&body_sha=<hex>` for one body)
     POST /_mock/reset            forget what was seen (the settings stay)
     GET  /_mock/config           the settings
     POST /_mock/config           change settings on the running mock: a JSON object of
-                                 MockSettings fields, e.g. {"latency_ms": 50}
+                                 MockSettings fields, e.g. {"latency_ms": 50}; also
+                                 {"retry_after": S} for {"retry_after_ms": S * 1000}
 """
 
 from __future__ import annotations
@@ -33,12 +38,26 @@ async def _reset(request: web.Request) -> web.Response:
     return json_response(200, {"reset": True})
 
 
-async def _requests(request: web.Request) -> web.Response:
+def _log_query(request: web.Request) -> tuple[float, str | None] | web.Response:
     try:
         since = float(request.query.get("since", "0"))
     except ValueError:
         return invalid("`since` must be a unix time in seconds.")
-    return json_response(200, {"data": request.app[LEDGER].rows(since)})
+    return since, request.query.get("body_sha")
+
+
+async def _requests(request: web.Request) -> web.Response:
+    query = _log_query(request)
+    if isinstance(query, web.Response):
+        return query
+    return json_response(200, {"data": request.app[LEDGER].rows(*query)})
+
+
+async def _attempts(request: web.Request) -> web.Response:
+    query = _log_query(request)
+    if isinstance(query, web.Response):
+        return query
+    return json_response(200, request.app[LEDGER].attempts(*query))
 
 
 async def _get_config(request: web.Request) -> web.Response:
@@ -52,6 +71,11 @@ async def _change_config(request: web.Request) -> web.Response:
         return invalid("The body must be a JSON object of settings to change, e.g. {\"latency_ms\": 50}.")
     if not isinstance(changes, dict):
         return invalid("The body must be a JSON object of settings to change, e.g. {\"latency_ms\": 50}.")
+    if "retry_after" in changes:  # seconds, as `--retry-after` takes them
+        seconds = changes.pop("retry_after")
+        if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)):
+            return invalid("`retry_after` must be a number of seconds, or null for 429s without retry headers.")
+        changes["retry_after_ms"] = None if seconds is None else round(seconds * 1000)
     unknown = sorted(set(changes) - set(settings_module.FIELDS))
     if unknown:
         return invalid(f"Unknown setting {', '.join(map(repr, unknown))}; "
@@ -73,5 +97,6 @@ def add_control_routes(app: web.Application) -> None:
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
     app.router.add_get("/_mock/requests", _requests)
+    app.router.add_get("/_mock/attempts", _attempts)
     app.router.add_get("/_mock/config", _get_config)
     app.router.add_post("/_mock/config", _change_config)

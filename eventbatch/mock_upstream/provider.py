@@ -29,6 +29,7 @@ def endpoint(answer: answers.Answer | None) -> Callable[[web.Request], Any]:
         ledger.request_started(started_at, request.headers.get("Authorization"))
         status = CLIENT_GONE
         digest = b""
+        retry_after_ms = None
         try:
             raw = await request.read()
             digest = hashlib.blake2b(raw, digest_size=16).digest()
@@ -37,9 +38,12 @@ def endpoint(answer: answers.Answer | None) -> Callable[[web.Request], Any]:
             else:
                 response = await _respond(request, ledger, raw, digest, answer)
             status = response.status
+            if status == 429:
+                sent = response.headers.get("retry-after-ms")
+                retry_after_ms = None if sent is None else int(sent)
             return response
         finally:
-            ledger.request_finished(started_at, request.path, status, digest)
+            ledger.request_finished(started_at, request.path, status, digest, retry_after_ms)
 
     return handle
 
