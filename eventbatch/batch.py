@@ -15,7 +15,9 @@ from . import events as ev
 
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 CANCELLABLE = frozenset({"validating", "in_progress"})   # SPEC §5: finalizing is past cancelling
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations")
+# The endpoints a batch may target (SPEC section 1: OpenAI's list).
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations",
+             "/v1/images/generations", "/v1/images/edits", "/v1/videos")
 
 
 class Conflict(Exception):

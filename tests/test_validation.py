@@ -77,7 +77,7 @@ def test_byte_order_mark_is_skipped():
 
 
 def test_unknown_fields_are_ignored_and_stream_false_is_fine():
-    data = line("a", extra_field=[1, {"x": 2}], body={"model": "m1", "stream": False, "n": 3, "tools": []})
+    data = line("a", extra_field=[1, {"x": 2}], body={"model": "m1", "messages": [], "stream": False, "n": 3, "tools": []})
     assert validate(data).errors == []
 
 
@@ -108,7 +108,7 @@ def test_every_line_code_reported_together_with_line_numbers():
         line("r14", url=EMBEDDINGS),                                     # 15 mismatched_url
         line("r15", body={"messages": []}),                              # 16 missing_model
         line("r16", body={"model": "other", "messages": []}),           # 17 mismatched_model
-        line("r17", body={"model": "m1", "stream": True}),              # 18 streaming_unsupported
+        line("r17", body={"model": "m1", "messages": [], "stream": True}),  # 18 streaming_unsupported
         b"   \r",                                                        # 19 blank
         line("ok-20"),                                                   # 20 fine
         line("ok-20", method="GET", url="/nope"),                        # 21 duplicate wins over method
@@ -172,10 +172,10 @@ def test_line_error_serialises_as_openai_batch_error():
 
 def test_the_first_line_naming_a_model_sets_it():
     data = b"\n".join([
-        line("a", method="GET", body={"model": "ignored"}),   # bad line: its model does not count
-        line("b", body={"model": "m2"}),
-        line("c", body={"model": "m2"}),
-        line("d", body={"model": "m3"}),
+        line("a", method="GET", body={"model": "ignored", "messages": []}),   # bad line: its model does not count
+        line("b", body={"model": "m2", "messages": []}),
+        line("c", body={"model": "m2", "messages": []}),
+        line("d", body={"model": "m3", "messages": []}),
     ])
     result = validate(data)
     assert codes(result) == [("invalid_method", "method", 1), ("mismatched_model", "body.model", 4)]
@@ -211,7 +211,7 @@ def test_file_level_errors_come_first_and_survive_the_cap():
 # --- limits -----------------------------------------------------------------------------------
 
 def _small_lines(n: int) -> list[bytes]:
-    return [b'{"custom_id":"r%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}' % i
+    return [b'{"custom_id":"r%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}' % i
             for i in range(n)]
 
 
@@ -240,12 +240,11 @@ def test_embedding_inputs_are_counted():
         line("c", url=EMBEDDINGS, body={"model": "e", "input": [1, 2, 3, 4]}),           # token ids: 1
         line("d", url=EMBEDDINGS, body={"model": "e", "input": [[1, 2], [3], [4]]}),     # 3
         line("e", url=EMBEDDINGS, body={"model": "e", "input": []}),                     # 0
-        line("f", url=EMBEDDINGS, body={"model": "e"}),                                  # 0
     ]
     result = validate(b"\n".join(lines), EMBEDDINGS)
     assert result.errors == [] and result.embedding_inputs == 8 and result.model == "e"
     # Only an embeddings batch counts inputs.
-    assert validate(line(body={"model": "m", "input": ["a", "b"]})).embedding_inputs == 0
+    assert validate(line(body={"model": "m", "messages": [], "input": ["a", "b"]})).embedding_inputs == 0
 
 
 def test_too_many_embedding_inputs():
@@ -375,16 +374,17 @@ def _bad_lines(i: int, url: str) -> list[bytes]:
         line(f"f{i}", method="GET", url=url), line(f"g{i}", url="/nope"),
         line(f"h{i}", url=url, body={"messages": []}), line(f"k{i}", url=url, body={"model": 5}),
         line(f"l{i}", url=url, body={"model": "other"}), line(f"n{i}", url=url, body={"model": ""}),
-        line(f"o{i}", url=url, body={"model": "m1", "stream": True}),
-        line(f"p{i}", url=url, body={"model": "m1", "stream": "yes"}),      # fine: only true is refused
-        line(f"q{i}", url=url, body={"model": "m1", "stream": 1}),          # fine too
+        line(f"o{i}", url=url, body={"model": "m1", "messages": [], "stream": True}),
+        line(f"p{i}", url=url, body={"model": "m1", "messages": [], "stream": "yes"}),   # fine: only true is refused
+        line(f"q{i}", url=url, body={"model": "m1", "messages": [], "stream": 1}),       # fine too
+        line(f"m{i}", url=url, body={"model": "m1"}),                       # no messages (or input)
         good[:-1] + b',"z":"\xc3"}',                                       # bad UTF-8 in a skipped field
         good[:-1] + b',"z":"\xe2\x80"}',
         good.replace(b'"messages":[]', b'"messages":["\xff"]'),
         good + good,                                                       # two objects on one line
         good[:-2] + b"\n" + b"]}}",                                        # one object over two lines
         b" " + line(f"s{i}", url=url), line(f"t{i}", url=url) + b"  ",      # fine, oddly written
-        b'{"custom_id":"u%d","method":"POST","url":"%s","body":{"model":"m1","x":%s}}'
+        b'{"custom_id":"u%d","method":"POST","url":"%s","body":{"model":"m1","messages":[],"x":%s}}'
         % (i, url.encode(), b"[" * 3000 + b"]" * 3000),                    # nested too deep
         b"\x0b",                                                           # blank (isspace), not JSON space
         line(f"v{i}", url=url, body={"model": "m1", "messages": [{"role": "user", "content": "Ünïcödé 東京 “q”"}]}),
@@ -511,7 +511,7 @@ def test_nesting_depth_limit_is_the_same_on_both_paths():
     verdicts = set()
     for depth in range(top - 120, top + 5):
         nested = b"[" * depth + b"]" * depth
-        deep = b'{"custom_id":"d","method":"POST","url":"%s","body":{"model":"m1","x":%s}}' % (CHAT.encode(), nested)
+        deep = b'{"custom_id":"d","method":"POST","url":"%s","body":{"model":"m1","messages":[],"x":%s}}' % (CHAT.encode(), nested)
         data = line("a") + b"\n" + deep + b"\n" + line("b") + b"\n"
         whole = validate(data)
         assert whole == validate(data, piece=1), depth

@@ -65,7 +65,7 @@ def test_too_many_embedding_inputs(client):
 
 
 def test_too_many_requests(client):
-    data = b"".join(b'{"custom_id":"r%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}\n' % i
+    data = b"".join(b'{"custom_id":"r%d","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}\n' % i
                     for i in range(50_001))
     b = wait_status(client, create(client, data).id, {"failed"}, timeout=120)
     assert [(e.code, e.line) for e in b.errors.data] == [("too_many_requests", 50_001)]

@@ -2,7 +2,7 @@
 
 One msgspec call decodes a run of lines into Structs whose types already encode the per-line
 rules (custom_id a string of 1-512 characters, method "POST", url the endpoint, body an object
-with a non-empty string model and no `stream: true`), a UTF-8 decode of the region (in a few
+with a non-empty string model, the endpoint's required field and no `stream: true`), a UTF-8 decode of the region (in a few
 blocks) checks the bytes msgspec skips, and a few C-level set operations check the cross-line
 rules (duplicate custom_id, one model). The rest of each body is skipped, never built into
 Python objects. The fast path decides nothing on its own: it only proves that lines are fine,
@@ -18,7 +18,7 @@ from typing import Annotated, Iterator, Literal, Sequence
 
 import msgspec
 
-from .rules import MAX_CUSTOM_ID_CHARS, MAX_REQUESTS
+from .rules import EMBEDDINGS_ENDPOINT, MAX_CUSTOM_ID_CHARS, MAX_REQUESTS, REQUIRED_BODY_FIELD
 
 
 # --- the fast path's types: a line decodes into these only if it passes every per-line rule ---
@@ -52,11 +52,14 @@ def _fast_decoder(endpoint: str, model: str | None) -> msgspec.json.Decoder:
     `model` (None: not known yet, any non-empty string). Cached; a handful exist at a time."""
     decoder = _fast_decoders.get((endpoint, model))
     if decoder is None:
-        body_type = msgspec.defstruct("_FastBody", [
-            ("model", _ANY_MODEL if model is None else Literal[model]),
-            ("stream", _STREAM_TYPE, None),
-            ("input", msgspec.Raw, msgspec.Raw()),
-        ], gc=False)
+        fields: list = [("model", _ANY_MODEL if model is None else Literal[model])]
+        required = REQUIRED_BODY_FIELD.get(endpoint)
+        if required is not None:
+            fields.append((required, msgspec.Raw))          # no default: the line must have it
+        fields.append(("stream", _STREAM_TYPE, None))
+        if endpoint == EMBEDDINGS_ENDPOINT and required != "input":
+            fields.append(("input", msgspec.Raw, msgspec.Raw()))     # counted: see _get_input
+        body_type = msgspec.defstruct("_FastBody", fields, gc=False)
         line_type = msgspec.defstruct("_FastLine", [
             ("custom_id", Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CUSTOM_ID_CHARS)]),
             ("method", Literal["POST"]),

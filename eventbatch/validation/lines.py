@@ -37,9 +37,12 @@ class LooseLine(msgspec.Struct):
 
 
 class LooseBody(msgspec.Struct):
-    # Only what the rules look at; `messages`, `prompt`… are skipped by the decoder.
+    # Only what the rules look at, the rest skipped by the decoder; a Raw field is empty when
+    # absent (the endpoints' required fields are only checked for being there).
     model: object = msgspec.UNSET
     stream: object = None
+    messages: msgspec.Raw = msgspec.Raw()
+    prompt: msgspec.Raw = msgspec.Raw()
     input: msgspec.Raw = msgspec.Raw()
 
 

@@ -18,6 +18,19 @@ MAX_CUSTOM_ID_CHARS = 512
 
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 
+# The body field each endpoint cannot do without (SPEC section 4, as OpenAI checks it); the keys
+# are the endpoints a batch may target, batch.ENDPOINTS (a test keeps the two in step).
+REQUIRED_BODY_FIELD = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+    "/v1/responses": "input",
+    "/v1/moderations": "input",
+    "/v1/images/generations": "prompt",
+    "/v1/images/edits": "prompt",
+    "/v1/videos": "prompt",
+}
+
 LINE_FIELDS = "custom_id, method, url and body"
 
 
@@ -92,6 +105,12 @@ def mismatched_model(n: int, model: str, batch_model: str, model_line: int) -> L
                      f"Line {n}: 'body.model' is {describe(model)} but line {model_line} uses "
                      f"{describe(batch_model)}; all requests of a batch must use the same model.",
                      "body.model", n)
+
+
+def missing_body_field(n: int, field: str, endpoint: str) -> LineError:
+    return LineError("missing_required_parameter",
+                     f"Line {n}: Missing required parameter: 'body.{field}'. Every {endpoint} request "
+                     f"needs '{field}' in its body.", f"body.{field}", n)
 
 
 def streaming_unsupported(n: int) -> LineError:

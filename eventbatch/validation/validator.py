@@ -9,12 +9,13 @@ are all that is kept.
 
 Rules, one error per bad line, the most fundamental problem of the line winning, in this order:
 JSON (and UTF-8) → required fields (`custom_id`, `method`, `url`, `body`; the first one missing
-is named) → `custom_id` (type, length, duplicate) → `method` → `url` → `body.model` →
-`body.stream`. A custom_id counts as used from the first line that carries it as a valid
-string, even if that line fails a later check. The batch's model is set by the first line that
-gets as far as the model check. Blank lines (only whitespace) are neither requests nor errors.
-Line numbers are 1-based physical line numbers; `\\n` and `\\r\\n` endings both work; a UTF-8
-byte order mark at the start of the file is skipped.
+is named) → `custom_id` (type, length, duplicate) → `method` → `url` → `body.model` → the
+endpoint's required body field (`messages`, `prompt` or `input`) → `body.stream`. A custom_id
+counts as used from the first line that carries it as a valid string, even if that line fails a
+later check. The batch's model is set by the first line that gets as far as the model check.
+Blank lines (only whitespace) are neither requests nor errors. Line numbers are 1-based
+physical line numbers; `\\n` and `\\r\\n` endings both work; a UTF-8 byte order mark at the
+start of the file is skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from . import rules
 from .fast_path import FastPath
 from .lines import BAD_JSON, LineError, body_decoder, count_inputs, line_decoder
 from .rules import EMBEDDINGS_ENDPOINT, MAX_CUSTOM_ID_CHARS, MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES, \
-    MAX_REPORTED_ERRORS, MAX_REQUESTS
+    MAX_REPORTED_ERRORS, MAX_REQUESTS, REQUIRED_BODY_FIELD
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -64,6 +65,7 @@ class Validator(FastPath):
         self.chunk_size = chunk_size
         self.max_bytes = max_bytes
         self._embeddings = endpoint == EMBEDDINGS_ENDPOINT
+        self._required = REQUIRED_BODY_FIELD.get(endpoint)     # the body field every line needs
         self._pending = bytearray()     # the partial line at the end of the last piece
         self._fed = 0
         self._offset = 0                # file offset of the first byte of the next line
@@ -223,7 +225,10 @@ class Validator(FastPath):
         else:
             if self._model is None:
                 self._model, self._model_line = model, n
-            if body.stream is True:
+            required = self._required
+            if required is not None and not getattr(body, required):
+                self._error(rules.missing_body_field(n, required, self.endpoint))
+            elif body.stream is True:
                 self._error(rules.streaming_unsupported(n))
 
     def _run_line(self, custom_id: str) -> int:
