@@ -115,3 +115,56 @@ def test_every_endpoint_has_a_provider_url(endpoint):
     # The worker sends a line with url '/v1/<path>' to '{base_url}/<path>'.
     p = Provider(name="p", base_url="http://127.0.0.1:9/v1")
     assert p.url_for(endpoint) == "http://127.0.0.1:9/v1" + endpoint.removeprefix("/v1")
+
+
+# --- model_not_found ---------------------------------------------------------------------------
+
+CHAT = "/v1/chat/completions"
+
+
+def test_without_a_predicate_every_model_is_served():
+    data = b"\n".join(good(f"r{i}", CHAT, model="anything-at-all") for i in range(50))
+    assert both_paths(data, CHAT).errors == []
+
+
+def test_a_served_model_is_fine_and_asked_about_once():
+    asked: list[str] = []
+
+    def serves(model: str) -> bool:
+        asked.append(model)
+        return model == "m1"
+
+    data = b"\n".join(good(f"r{i}", CHAT) for i in range(500)) + b"\n"
+    result = validate(data, CHAT, serves_model=serves)
+    assert result.errors == [] and result.chunks and asked == ["m1"]
+
+
+def test_a_model_no_provider_serves_is_model_not_found_on_the_first_line_naming_it():
+    data = b"\n".join([b"nope", line("a", CHAT, messages=[]), good("b", CHAT, temperature=0)]
+                      + [good(f"r{i}", CHAT) for i in range(300)]) + b"\n"
+    result = both_paths(data, CHAT, serves_model=lambda m: m == "other")
+    assert codes(result) == [("model_not_found", "body.model", 3), ("invalid_json_line", None, 1),
+                             ("missing_model", "body.model", 2)]
+    assert result.error_count == 3 and result.chunks == [] and result.model == "m1"
+    message = result.errors[0].message
+    assert message.startswith("Line 3: ") and '"m1"' in message and "does not exist" in message
+
+
+def test_model_not_found_with_other_models_in_the_file():
+    data = b"\n".join([good("a", CHAT, model="gone"), good("b", CHAT, model="m1")])
+    result = both_paths(data, CHAT, serves_model=lambda m: m == "m1")
+    assert codes(result) == [("model_not_found", "body.model", 1), ("mismatched_model", "body.model", 2)]
+
+
+def test_no_model_named_no_model_not_found():
+    data = b"\n".join([line("a", CHAT, messages=[]), b"{broken"])
+    result = both_paths(data, CHAT, serves_model=lambda m: False)
+    assert [e.code for e in result.errors] == ["missing_model", "invalid_json_line"]
+
+
+def test_model_not_found_survives_the_error_cap():
+    from eventbatch.validation import MAX_REPORTED_ERRORS
+    data = b"\n".join([good("a", CHAT, model="gone")] + [b"nope"] * (MAX_REPORTED_ERRORS + 10))
+    result = validate(data, CHAT, serves_model=lambda m: False)
+    assert result.errors[0].code == "model_not_found" and len(result.errors) == MAX_REPORTED_ERRORS
+    assert result.error_count == MAX_REPORTED_ERRORS + 11

@@ -144,3 +144,10 @@ def too_many_embedding_inputs(inputs: int, line: int) -> LineError:
                      f"The file has {inputs:,} embedding inputs; an embeddings batch may have at most "
                      f"{MAX_EMBEDDING_INPUTS:,} (passed on line {line}). Split it into several batches.",
                      "body.input", line)
+
+
+def model_not_found(n: int, model: str) -> LineError:
+    return LineError("model_not_found",
+                     f"Line {n}: The model {describe(model)} does not exist or you do not have access to it: "
+                     "no provider configured on this gateway serves it. Use a model one of them serves.",
+                     "body.model", n)

@@ -20,7 +20,7 @@ start of the file is skipped.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import msgspec
 
@@ -55,15 +55,19 @@ class Validator(FastPath):
     """Feed the file's bytes in pieces of any size, then call finish().
 
     Bounded work: once more than `max_bytes` have been fed, the rest is ignored; past
-    MAX_REQUESTS request lines, lines are only counted, not checked.
+    MAX_REQUESTS request lines, lines are only counted, not checked. `serves_model` says whether
+    some configured provider serves a model (None: every model is served); the file's model is
+    asked about once, in finish().
     """
 
-    def __init__(self, endpoint: str, chunk_size: int = 256, max_bytes: int = MAX_FILE_BYTES):
+    def __init__(self, endpoint: str, chunk_size: int = 256, max_bytes: int = MAX_FILE_BYTES, *,
+                 serves_model: Callable[[str], bool] | None = None):
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.endpoint = endpoint
         self.chunk_size = chunk_size
         self.max_bytes = max_bytes
+        self.serves_model = serves_model
         self._embeddings = endpoint == EMBEDDINGS_ENDPOINT
         self._required = REQUIRED_BODY_FIELD.get(endpoint)     # the body field every line needs
         self._pending = bytearray()     # the partial line at the end of the last piece
@@ -259,7 +263,8 @@ class Validator(FastPath):
         """The outcome, once every piece has been fed.
 
         `errors` starts with the file-level errors (file_too_large, empty_file,
-        too_many_requests, too_many_embedding_inputs), which are never left out, followed by
+        too_many_requests, too_many_embedding_inputs, model_not_found on the line that set the
+        file's model), which are never left out, followed by
         the line errors in line order, MAX_REPORTED_ERRORS entries at most in all.
         `error_count` is the real total: when it exceeds len(errors), the caller adds the note
         that the list was cut. `chunks` is empty whenever there is an error.
@@ -280,6 +285,8 @@ class Validator(FastPath):
             file_errors.append(rules.too_many_requests(self._total, self._over_line))
         if self._inputs_line is not None:
             file_errors.append(rules.too_many_embedding_inputs(self._inputs, self._inputs_line))
+        if self._model is not None and self.serves_model is not None and not self.serves_model(self._model):
+            file_errors.append(rules.model_not_found(self._model_line, self._model))
 
         error_count = len(file_errors) + self._error_count
         errors = file_errors + self._errors[:MAX_REPORTED_ERRORS - len(file_errors)]
