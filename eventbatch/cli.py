@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="fraction of requests answered 500/502/503 at random (default: %(default)s)")
     mu.add_argument("--rate-limit-rate", type=float, default=0.0,
                     help="fraction of requests answered 429 at random (default: %(default)s)")
+    mu.add_argument("--max-in-flight", type=int, metavar="N",
+                    help="answer at most N requests at once; one more gets 429 at once (default: no limit)")
+    mu.add_argument("--rate-limit-for", dest="rate_limit_seconds", type=float, default=0.0, metavar="SECONDS",
+                    help="answer every request 429 for SECONDS from --rate-limit-after (default: %(default)s, "
+                         "never)")
+    mu.add_argument("--rate-limit-after", type=float, default=0.0, metavar="SECONDS",
+                    help="start of the --rate-limit-for window, in seconds after start (default: %(default)s)")
     retry = mu.add_mutually_exclusive_group()
     retry.add_argument("--retry-after", type=float, metavar="SECONDS",
                        help="every 429 carries `Retry-After: SECONDS` (rounded up to whole seconds) and "
@@ -117,7 +124,9 @@ def _mock_upstream(args) -> int:
                           args.retry_after_ms if args.retry_after is None else round(args.retry_after * 1000))
         settings = MockSettings(latency_ms=args.latency_ms, fail_rate=args.fail_rate,
                                 rate_limit_rate=args.rate_limit_rate, retry_after_ms=retry_after_ms,
-                                api_key=args.api_key, seed=args.seed)
+                                api_key=args.api_key, seed=args.seed, max_in_flight=args.max_in_flight,
+                                rate_limit_after=args.rate_limit_after,
+                                rate_limit_seconds=args.rate_limit_seconds)
     except ValueError as exc:
         raise SettingsError(_as_flags(str(exc))) from exc
     try:
@@ -127,7 +136,11 @@ def _mock_upstream(args) -> int:
     return 0
 
 
+_MOCK_FLAG_OF_FIELD = {"rate_limit_seconds": "--rate-limit-for"}
+
+
 def _as_flags(message: str) -> str:
     """A MockSettings message names fields (`fail_rate`); on the command line they are flags."""
     import re
-    return re.sub(r"`([a-z_]+)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
+    return re.sub(r"`([a-z_]+)`",
+                  lambda m: _MOCK_FLAG_OF_FIELD.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)

@@ -459,3 +459,91 @@ async def test_attempts_per_body_show_retries_sooner_than_retry_after():
         async with session.get(server.control_url + "/_mock/attempts",
                                params={"body_sha": rows[-1]["body_sha"]}) as r:
             assert [d["body_sha"] for d in (await r.json())["data"]] == [rows[-1]["body_sha"]]
+
+
+@pytest.mark.asyncio
+async def test_max_in_flight_answers_429_only_above_n():
+    async with running_mock(max_in_flight=3, latency_ms=300, retry_after_ms=700) as (session, server):
+        url = server.base_url + "/chat/completions"
+
+        async def one(i):
+            started = time.monotonic()
+            status, headers, answer = await post(session, url, {"model": "m", "messages": [], "n": i})
+            return status, headers, answer, time.monotonic() - started
+
+        results = await asyncio.gather(*(one(i) for i in range(10)))
+        served = [r for r in results if r[0] == 200]
+        limited = [r for r in results if r[0] == 429]
+        assert len(served) == 3 and len(limited) == 7
+        assert all(elapsed >= 0.29 for *_, elapsed in served)
+        assert all(elapsed < 0.25 for *_, elapsed in limited)  # at once, not after the latency
+        for _, headers, answer, _ in limited:
+            assert headers["retry-after-ms"] == "700" and headers["Retry-After"] == "1"
+            assert_error_envelope(answer, "rate_limit_error")
+            assert answer["error"]["code"] == "rate_limit_exceeded"
+        # N at once is within the limit, whatever came before.
+        assert [r[0] for r in await asyncio.gather(*(one(i) for i in range(3)))] == [200] * 3
+        # Changed on the running mock.
+        await configure(session, server, max_in_flight=5, latency_ms=200)
+        assert sorted(r[0] for r in await asyncio.gather(*(one(i) for i in range(7)))) == [200] * 5 + [429] * 2
+        await configure(session, server, max_in_flight=None)
+        assert [r[0] for r in await asyncio.gather(*(one(i) for i in range(12)))] == [200] * 12
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_for_answers_everything_429_for_the_window():
+    async with running_mock(rate_limit_after=0.3, rate_limit_seconds=0.5, retry_after_ms=100) as (session, server):
+        url = server.base_url + "/embeddings"
+        marked = {"model": "m", "input": "a", "mock": {"status": 500}}
+        assert (await post(session, url, {"model": "m", "input": "a"}))[0] == 200
+        async with session.get(server.control_url + "/_mock/stats") as r:
+            window = (await r.json())["config"]["rate_limit_window"]
+        assert window["active"] is False and window["ends_at"] - window["starts_at"] == pytest.approx(0.5)
+        await asyncio.sleep(0.35)
+        status, headers, _ = await post(session, url, {"model": "m", "input": "a"})
+        assert status == 429 and headers["retry-after-ms"] == "100"
+        assert (await post(session, url, marked))[0] == 429  # the provider's state wins over a mark
+        await asyncio.sleep(0.5)
+        assert (await post(session, url, {"model": "m", "input": "a"}))[0] == 200
+        assert (await post(session, url, marked))[0] == 500
+
+        # From now, via the control site; and ended early.
+        status, config = await configure(session, server, rate_limit_seconds=20)
+        assert status == 200 and config["rate_limit_window"]["active"] is True
+        assert config["rate_limit_window"]["ends_at"] == pytest.approx(time.time() + 20, abs=1)
+        assert [(await post(session, url, {"model": "m", "input": str(i)}))[0] for i in range(5)] == [429] * 5
+        _, config = await configure(session, server, rate_limit_seconds=0)
+        assert config["rate_limit_window"]["active"] is False
+        assert (await post(session, url, {"model": "m", "input": "a"}))[0] == 200
+
+
+@pytest.mark.asyncio
+async def test_a_marked_request_is_answered_500_every_time_among_good_ones():
+    async with running_mock() as (session, server):
+        url = server.base_url + "/chat/completions"
+        marked = {"model": "m", "messages": [{"role": "user", "content": "doomed"}], "mock": {"status": 500}}
+        for i in range(10):
+            status, _, answer = await post(session, url, marked)
+            assert status == 500
+            assert_error_envelope(answer, "server_error")
+            assert (await post(session, url, {"model": "m", "messages": [], "n": i}))[0] == 200
+        async with session.get(server.control_url + "/_mock/attempts") as r:
+            attempts = await r.json()
+        (doomed,) = [d for d in attempts["data"] if len(d["attempts"]) == 10]
+        assert {a["status"] for a in doomed["attempts"]} == {500}
+
+
+@pytest.mark.asyncio
+async def test_fault_flags_of_the_command():
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "m", "input": "a"}
+        with spawned_mock("--max-in-flight", "0", "--retry-after", "4") as (base, control):
+            status, headers, _ = await post(session, base + "/embeddings", body)
+            assert status == 429 and headers["Retry-After"] == "4"
+            async with session.get(control + "/_mock/config") as r:
+                assert (await r.json())["max_in_flight"] == 0
+        with spawned_mock("--rate-limit-for", "30") as (base, control):
+            assert (await post(session, base + "/embeddings", body))[0] == 429
+            async with session.post(control + "/_mock/config", json={"rate_limit_seconds": 0}) as r:
+                assert r.status == 200
+            assert (await post(session, base + "/embeddings", body))[0] == 200

@@ -10,11 +10,14 @@
     GET  /_mock/config           the settings
     POST /_mock/config           change settings on the running mock: a JSON object of
                                  MockSettings fields, e.g. {"latency_ms": 50}; also
-                                 {"retry_after": S} for {"retry_after_ms": S * 1000}
+                                 {"retry_after": S} for {"retry_after_ms": S * 1000};
+                                 {"rate_limit_seconds": 20} answers everything 429 for 20 s from now
+                                 ({"rate_limit_seconds": 0} ends it); {"max_in_flight": N}
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -22,11 +25,12 @@ from aiohttp import web
 
 from . import settings as settings_module
 from .envelopes import decode, invalid, json_response
-from .state import LEDGER, SETTINGS
+from .state import LEDGER, PROVIDER, SETTINGS
 
 
 def _config_view(app: web.Application) -> dict[str, Any]:
-    return settings_module.public_view(app[SETTINGS])
+    """The settings, and when the windows they opened hold in unix time."""
+    return {**settings_module.public_view(app[SETTINGS]), **app[PROVIDER].view()}
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -90,6 +94,11 @@ async def _change_config(request: web.Request) -> web.Response:
         setattr(current, name, getattr(new, name))
     if "seed" in changes:
         request.app[LEDGER].reseed(new.seed)
+    if "rate_limit_after" in changes or "rate_limit_seconds" in changes:
+        # A window asked for now starts now (or `rate_limit_after` from now), not from the start.
+        current.rate_limit_after = new.rate_limit_after if "rate_limit_after" in changes else 0.0
+        request.app[PROVIDER].rate_limit.open(current.rate_limit_after, current.rate_limit_seconds,
+                                              time.monotonic())
     return json_response(200, _config_view(request.app))
 
 

@@ -1,15 +1,76 @@
-"""Faults: the ones a request asks for in its `"mock"` object, and the random ones of the settings.
+"""Faults: the provider's state (a rate-limit window, a limit on requests in flight, an outage
+window), the ones a request asks for in its `"mock"` object, and the random ones of the settings.
 
-A request's own `"mock"` object wins over the random faults, so a test can mark one request
-while the rest of the traffic sees the configured fault rates.
+The provider's state comes first: while it is rate limited or full, every request gets 429,
+marked or not. Then a request's own `"mock"` object wins over the random faults, so a test can
+mark one request while the rest of the traffic sees the configured fault rates.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
 
 from .ledger import MockLedger
 from .settings import MockSettings
 
 _RANDOM_FAILURES = (500, 502, 503)
+
+
+class Window:
+    """A span of monotonic time in which a fault holds; empty until opened."""
+
+    __slots__ = ("start", "end")
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+
+    def open(self, after: float, seconds: float, now: float) -> None:
+        """From `after` seconds past `now`, for `seconds` (0 empties it, ending a fault in progress)."""
+        self.start = now + after
+        self.end = self.start + seconds
+
+    def holds(self, now: float) -> bool:
+        return self.start <= now < self.end
+
+    def next_edge(self, now: float) -> float | None:
+        """The next moment the fault starts or ends, if one is to come."""
+        if self.end <= self.start:
+            return None
+        if now < self.start:
+            return self.start
+        return self.end if now < self.end else None
+
+    def view(self, now: float) -> dict[str, Any]:
+        """As unix times, for /_mock/stats."""
+        if self.end <= self.start:
+            return {"active": False, "starts_at": None, "ends_at": None}
+        unix = time.time() - now
+        return {"active": self.holds(now), "starts_at": unix + self.start, "ends_at": unix + self.end}
+
+
+class ProviderState:
+    """The faults that belong to the provider rather than to one request."""
+
+    def __init__(self, settings: MockSettings) -> None:
+        now = time.monotonic()
+        self.rate_limit = Window()
+        self.rate_limit.open(settings.rate_limit_after, settings.rate_limit_seconds, now)
+        # Requests being answered now, less those turned away for `max_in_flight`.
+        self.serving = 0
+
+    def admit(self, settings: MockSettings) -> bool:
+        """Take a request in, or turn it away with a 429 (False) while limited or full."""
+        if self.rate_limit.holds(time.monotonic()):
+            return False
+        if settings.max_in_flight is not None and self.serving >= settings.max_in_flight:
+            return False
+        self.serving += 1
+        return True
+
+    def view(self) -> dict[str, Any]:
+        return {"rate_limit_window": self.rate_limit.view(time.monotonic())}
 
 
 class BadControl(ValueError):

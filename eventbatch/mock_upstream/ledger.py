@@ -54,8 +54,9 @@ class MockLedger:
         self.faults = random.Random(self._seed)
         self.requests = 0
         self.by_status: collections.Counter[int] = collections.Counter()
-        self.in_flight = 0
-        self.max_in_flight = 0
+        # What is in flight at a reset is still in flight: it will finish and be subtracted.
+        self.in_flight = getattr(self, "in_flight", 0)
+        self.max_in_flight = self.in_flight
         self.successes = 0
         self.duplicate_successes = 0
         self.authorization_seen: set[str] = set()

@@ -1,5 +1,6 @@
-"""The provider's routes under /v1: each POST is counted in the ledger, checked against the
-faults, then answered from `answers`."""
+"""The provider's routes under /v1: each POST is counted in the ledger, turned away with a 429
+while the provider is rate limited or full, checked against the faults, then answered from
+`answers`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import msgspec
 from aiohttp import web
 
 from . import answers
-from .envelopes import decode, error_response, forced, invalid, json_response
+from .envelopes import decode, error_response, forced, invalid, json_response, rate_limited
 from .faults import BadControl, plan_for
 from .ledger import CLIENT_GONE, MockLedger
-from .state import LEDGER, SETTINGS, STOPPING
+from .state import LEDGER, PROVIDER, SETTINGS, STOPPING
 
 _HANG_POLL_SECONDS = 0.05
 
@@ -24,16 +25,22 @@ def endpoint(answer: answers.Answer | None) -> Callable[[web.Request], Any]:
     """A POST route with bookkeeping; `answer=None` is an unknown /v1 path (404, still counted)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        ledger = request.app[LEDGER]
+        app = request.app
+        ledger = app[LEDGER]
+        provider = app[PROVIDER]
         started_at = time.time()
         ledger.request_started(started_at, request.headers.get("Authorization"))
+        # Decided on arrival, before any await, so `max_in_flight` counts exactly.
+        admitted = provider.admit(app[SETTINGS])
         status = CLIENT_GONE
         digest = b""
         retry_after_ms = None
         try:
             raw = await request.read()
             digest = hashlib.blake2b(raw, digest_size=16).digest()
-            if answer is None:
+            if not admitted:
+                response = rate_limited(app[SETTINGS].retry_after_ms)
+            elif answer is None:
                 response = error_response(404, f"Invalid URL (POST {request.path})", "invalid_request_error")
             else:
                 response = await _respond(request, ledger, raw, digest, answer)
@@ -43,6 +50,8 @@ def endpoint(answer: answers.Answer | None) -> Callable[[web.Request], Any]:
                 retry_after_ms = None if sent is None else int(sent)
             return response
         finally:
+            if admitted:
+                provider.serving -= 1
             ledger.request_finished(started_at, request.path, status, digest, retry_after_ms)
 
     return handle

@@ -15,12 +15,13 @@ from typing import NamedTuple
 from aiohttp import web
 
 from .control import add_control_routes
+from .faults import ProviderState
 from .ledger import MockLedger
 from .provider import add_provider_routes
 from .settings import MockSettings
-from .state import LEDGER, SETTINGS, STOPPING
+from .state import LEDGER, PROVIDER, SETTINGS, STOPPING
 
-_SHARED_KEYS = (SETTINGS, LEDGER, STOPPING)
+_SHARED_KEYS = (SETTINGS, LEDGER, STOPPING, PROVIDER)
 
 
 async def _signal_stopping(app: web.Application) -> None:
@@ -32,6 +33,7 @@ def create_mock_app(settings: MockSettings) -> web.Application:
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app[SETTINGS] = settings
     app[LEDGER] = MockLedger(settings.seed)
+    app[PROVIDER] = ProviderState(settings)
     app[STOPPING] = asyncio.Event()
     app.on_shutdown.append(_signal_stopping)
     add_provider_routes(app)

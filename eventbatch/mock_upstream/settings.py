@@ -20,6 +20,13 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True):
     retry_after_ms: int | None = 20
     seed: int | None = None
     api_key: str | None = None  # when set, requests without `Authorization: Bearer <key>` get 401
+    # At most this many requests are answered at once; one that arrives while as many are being
+    # answered gets 429 at once (None: no limit).
+    max_in_flight: int | None = None
+    # Every request is answered 429 from `rate_limit_after` to `rate_limit_after + rate_limit_seconds`
+    # after start (or after the `/_mock/config` call that sets them).
+    rate_limit_after: float = 0.0
+    rate_limit_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "rate_limit_rate"):
@@ -28,6 +35,11 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"`{name}` must be between 0 and 1; got {value}.")
         if self.latency_ms < 0:
             raise ValueError(f"`latency_ms` must be 0 or more; got {self.latency_ms}.")
+        for name in ("rate_limit_after", "rate_limit_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be 0 or more seconds; got {getattr(self, name)}.")
+        if self.max_in_flight is not None and self.max_in_flight < 0:
+            raise ValueError(f"`max_in_flight` must be 0 or more; got {self.max_in_flight}.")
         if self.retry_after_ms is not None and self.retry_after_ms < 0:
             raise ValueError(f"`retry_after_ms` must be 0 or more; got {self.retry_after_ms}.")
 
