@@ -154,7 +154,7 @@ def test_every_line_code_reported_together_with_line_numbers():
     assert result.chunks == []
     by_line = {e.line: e.message for e in result.errors}
     assert "line 1" in by_line[13] and '"ok-1"' in by_line[13]
-    assert by_line[14] == 'Line 14: \'method\' must be "POST", got "GET".'
+    assert by_line[14] == 'Line 14: Invalid value for \'method\': "GET". Supported values are: "POST".'
     assert '"/v1/embeddings"' in by_line[15] and f'"{CHAT}"' in by_line[15]
     assert '"other"' in by_line[17] and '"m1"' in by_line[17] and "line 1" in by_line[17]
     assert "object" in by_line[9] and "string" in by_line[9]
@@ -463,7 +463,7 @@ def test_one_bad_line_costs_only_its_run_the_per_line_path(monkeypatch):
     lines[1234] = line("r7")                          # duplicate of line 8
     result = validate(b"\n".join(lines) + b"\n")
     assert codes(result) == [("duplicate_custom_id", "custom_id", 1235)]
-    assert "already used on line 8" in result.errors[0].message
+    assert "another request (line 8)" in result.errors[0].message
     assert calls[0] <= 1 + 32
 
 
@@ -472,8 +472,8 @@ def test_duplicate_of_an_id_the_fast_path_recorded_names_its_line():
     data = b"\n".join(lines) + b"\n\n" + line("r500") + b"\n" + line("r999", method="GET") + b"\n"
     result = validate(data, piece=4096)
     assert codes(result) == [("duplicate_custom_id", "custom_id", 1002), ("duplicate_custom_id", "custom_id", 1003)]
-    assert "already used on line 501" in result.errors[0].message
-    assert "already used on line 1000" in result.errors[1].message
+    assert "another request (line 501)" in result.errors[0].message
+    assert "another request (line 1000)" in result.errors[1].message
     assert result == _per_line(data)
 
 
@@ -481,7 +481,7 @@ def test_duplicates_within_one_run_are_found():
     lines = [line(f"r{i % 150}") for i in range(300)]
     result = validate(b"\n".join(lines))
     assert [e.line for e in result.errors] == list(range(151, 301))
-    assert result.errors[0].message.startswith("Line 151: custom_id \"r0\" is already used on line 1;")
+    assert result.errors[0].message.startswith('Line 151: The custom_id "r0" for this request is a duplicate of another request (line 1).')
 
 
 def test_invalid_utf8_inside_a_skipped_field_is_found_by_the_fast_path():
@@ -491,7 +491,7 @@ def test_invalid_utf8_inside_a_skipped_field_is_found_by_the_fast_path():
     data = b"\n".join(lines) + b"\n"
     result = validate(data)
     assert codes(result) == [("invalid_json_line", None, 322)]
-    assert result.errors[0].message.startswith("Line 322: the line is not valid UTF-8.")
+    assert result.errors[0].message.startswith("Line 322: This line is not parseable as valid JSON (it is not valid UTF-8).")
     assert result == _per_line(data)
 
 
@@ -499,7 +499,7 @@ def test_model_set_by_a_fast_run_is_enforced_later():
     data = b"\n".join([line(f"r{i}") for i in range(400)] + [line("x", body={"model": "m2"})])
     result = validate(data)
     assert codes(result) == [("mismatched_model", "body.model", 401)]
-    assert "line 1 uses" in result.errors[0].message and result.model == "m1"
+    assert "of line 1" in result.errors[0].message and result.model == "m1"
 
 
 def test_nesting_depth_limit_is_the_same_on_both_paths():
@@ -558,7 +558,7 @@ def test_models_are_compared_when_no_line_has_set_the_model_yet():
                       + [line(f"s{i}") for i in range(50)]) + b"\n"
     result = validate(data)
     assert codes(result) == [("invalid_json_line", None, 1), ("mismatched_model", "body.model", 52)]
-    assert result.model == "m1" and "line 2 uses" in result.errors[1].message
+    assert result.model == "m1" and "of line 2" in result.errors[1].message
     assert result == _per_line(data)
 
 

@@ -1,7 +1,10 @@
 """What an input file must be (SPEC sections 4 and 9): the limits, the endpoints' rules, and the
 error of each code, worded here and nowhere else so that every message can be read side by side.
 
-Each function returns the LineError of one code; `n` is the 1-based line number.
+Each function returns the LineError of one code; `n` is the 1-based line number. A message
+starts with "Line n: " (it is often read without its `line` field), then says what OpenAI's
+Batch API says for the same problem where its words are known (as its answers were recorded
+in meta-llama/llama-stack tests/integration/batches/test_batches_errors.py), then what to do.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ REQUIRED_BODY_FIELD = {
     "/v1/videos": "prompt",
 }
 
+# The product names OpenAI puts before "Streaming is not supported in the Batch API."
+ENDPOINT_NAMES = {
+    "/v1/chat/completions": "Chat Completions", "/v1/completions": "Completions",
+    "/v1/embeddings": "Embeddings", "/v1/responses": "Responses", "/v1/moderations": "Moderations",
+    "/v1/images/generations": "Image Generations", "/v1/images/edits": "Image Edits", "/v1/videos": "Videos",
+}
+
 LINE_FIELDS = "custom_id, method, url and body"
 
 
@@ -39,84 +49,91 @@ LINE_FIELDS = "custom_id, method, url and body"
 def invalid_json(n: int, text: bytes, exc: Exception) -> LineError:
     """`exc` is what decoding the line raised (a ValidationError: valid JSON, but not an object)."""
     if isinstance(exc, msgspec.ValidationError):
-        problem = f"the line is {kind(text.lstrip())}, not a JSON object."
+        why = f"it is {kind(text.lstrip())}, not an object"
     elif isinstance(exc, UnicodeDecodeError):
-        problem = "the line is not valid UTF-8."
+        why = "it is not valid UTF-8"
     elif str(exc) == "Input data was truncated":
-        problem = "the line ends before its JSON is complete."
+        why = "it ends before its JSON is complete"
     else:
-        problem = f"the line is not valid JSON ({exc})."
-    return LineError("invalid_json_line", f"Line {n}: {problem} Each line must be one JSON object with "
-                     f"{LINE_FIELDS}.", None, n)
+        why = str(exc)
+    return LineError("invalid_json_line", f"Line {n}: This line is not parseable as valid JSON ({why}). "
+                     f"Each line must be one JSON object with {LINE_FIELDS}.", None, n)
 
 
 def missing_field(n: int, field: str) -> LineError:
     return LineError("missing_required_parameter",
-                     f"Line {n}: the required field '{field}' is missing; each line needs {LINE_FIELDS}.",
+                     f"Line {n}: Missing required parameter: '{field}'. Each line needs {LINE_FIELDS}.",
                      field, n)
 
 
 def body_not_an_object(n: int, raw_body: bytes) -> LineError:
     return LineError("missing_required_parameter",
-                     f"Line {n}: 'body' must be a JSON object holding the request, got {kind(raw_body)}.",
-                     "body", n)
+                     f"Line {n}: Invalid type for 'body': expected an object, but got {kind(raw_body)} "
+                     "instead. Put the request's parameters in a JSON object under 'body'.", "body", n)
 
 
 def custom_id_not_a_string(n: int, custom_id: object) -> LineError:
     return LineError("invalid_custom_id",
-                     f"Line {n}: 'custom_id' must be a string, got {describe(custom_id)}.", "custom_id", n)
+                     f"Line {n}: Invalid type for 'custom_id': expected a string, but got "
+                     f"{describe(custom_id)} instead. Give each request a string id of its own.", "custom_id", n)
 
 
 def custom_id_empty(n: int) -> LineError:
-    return LineError("invalid_custom_id", f"Line {n}: 'custom_id' must not be empty.", "custom_id", n)
+    return LineError("invalid_custom_id",
+                     f"Line {n}: 'custom_id' is empty. Give each request a string id of its own.", "custom_id", n)
 
 
 def custom_id_too_long(n: int, custom_id: str) -> LineError:
     return LineError("invalid_custom_id",
                      f"Line {n}: 'custom_id' has {len(custom_id)} characters; "
-                     f"at most {MAX_CUSTOM_ID_CHARS} are allowed.", "custom_id", n)
+                     f"at most {MAX_CUSTOM_ID_CHARS} are allowed. Use a shorter id.", "custom_id", n)
 
 
 def duplicate_custom_id(n: int, custom_id: str, first_use: int) -> LineError:
     return LineError("duplicate_custom_id",
-                     f"Line {n}: custom_id {describe(custom_id)} is already used on line {first_use}; "
-                     "each request needs its own custom_id.", "custom_id", n)
+                     f"Line {n}: The custom_id {describe(custom_id)} for this request is a duplicate of another "
+                     f"request (line {first_use}). The custom_id parameter must be unique for each request "
+                     "in a batch.", "custom_id", n)
 
 
 def invalid_method(n: int, method: object) -> LineError:
-    return LineError("invalid_method", f"Line {n}: 'method' must be \"POST\", got {describe(method)}.",
+    return LineError("invalid_method",
+                     f"Line {n}: Invalid value for 'method': {describe(method)}. Supported values are: \"POST\".",
                      "method", n)
 
 
 def mismatched_url(n: int, url: object, endpoint: str) -> LineError:
     return LineError("mismatched_url",
-                     f"Line {n}: 'url' is {describe(url)} but the batch's endpoint is "
-                     f"{describe(endpoint)}; every line must use the batch's endpoint.", "url", n)
+                     f"Line {n}: The URL provided for this request does not match the batch endpoint: 'url' is "
+                     f"{describe(url)}, the batch's endpoint {describe(endpoint)}. Every line must use the "
+                     "batch's endpoint.", "url", n)
 
 
 def missing_model(n: int, model: object, unset: bool) -> LineError:
     got = "missing" if unset else f"{describe(model)}, not a model name"
     return LineError("missing_model",
-                     f"Line {n}: 'body.model' is {got}; every request must name its model.", "body.model", n)
+                     f"Line {n}: Model parameter is required: 'body.model' is {got}. Every request must name "
+                     "its model.", "body.model", n)
 
 
 def mismatched_model(n: int, model: str, batch_model: str, model_line: int) -> LineError:
     return LineError("mismatched_model",
-                     f"Line {n}: 'body.model' is {describe(model)} but line {model_line} uses "
-                     f"{describe(batch_model)}; all requests of a batch must use the same model.",
-                     "body.model", n)
+                     f"Line {n}: The model {describe(model)} of this request does not match the model "
+                     f"{describe(batch_model)} of line {model_line}. All requests of a batch must use the "
+                     "same model; put each model in a batch of its own.", "body.model", n)
 
 
 def missing_body_field(n: int, field: str, endpoint: str) -> LineError:
     return LineError("missing_required_parameter",
-                     f"Line {n}: Missing required parameter: 'body.{field}'. Every {endpoint} request "
-                     f"needs '{field}' in its body.", f"body.{field}", n)
+                     f"Line {n}: {field.capitalize()} parameter is required: every {endpoint} request needs "
+                     f"'{field}' in its body.", f"body.{field}", n)
 
 
-def streaming_unsupported(n: int) -> LineError:
+def streaming_unsupported(n: int, endpoint: str) -> LineError:
+    name = ENDPOINT_NAMES.get(endpoint, endpoint)
     return LineError("streaming_unsupported",
-                     f"Line {n}: 'body.stream' is true, but a batch cannot stream; "
-                     "remove it or set it to false.", "body.stream", n)
+                     f"Line {n}: {name}: Streaming is not supported in the Batch API. Remove 'stream' from "
+                     "the body or set it to false.", "body.stream", n)
 
 
 # --- file errors ----------------------------------------------------------------------------
@@ -128,8 +145,8 @@ def file_too_large(max_bytes: int) -> LineError:
 
 
 def empty_file() -> LineError:
-    return LineError("empty_file", "The file has no requests; it must hold one JSON request object per line.",
-                     None, None)
+    return LineError("empty_file", "The batch input file is empty: it has no requests. Put one JSON request "
+                     "object on each line.", None, None)
 
 
 def too_many_requests(total: int, over_line: int) -> LineError:
@@ -148,6 +165,6 @@ def too_many_embedding_inputs(inputs: int, line: int) -> LineError:
 
 def model_not_found(n: int, model: str) -> LineError:
     return LineError("model_not_found",
-                     f"Line {n}: The model {describe(model)} does not exist or you do not have access to it: "
-                     "no provider configured on this gateway serves it. Use a model one of them serves.",
+                     f"Line {n}: The provided model {describe(model)} is not supported by the Batch API: no "
+                     "provider configured on this gateway serves it. Use a model one of them serves.",
                      "body.model", n)

@@ -233,7 +233,7 @@ class Validator(FastPath):
             if required is not None and not getattr(body, required):
                 self._error(rules.missing_body_field(n, required, self.endpoint))
             elif body.stream is True:
-                self._error(rules.streaming_unsupported(n))
+                self._error(rules.streaming_unsupported(n, self.endpoint))
 
     def _run_line(self, custom_id: str) -> int:
         """The line of the fast-path run that used `custom_id`."""
