@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
                          "never)")
     mu.add_argument("--rate-limit-after", type=float, default=0.0, metavar="SECONDS",
                     help="start of the --rate-limit-for window, in seconds after start (default: %(default)s)")
+    mu.add_argument("--outage-after", type=float, default=0.0, metavar="SECONDS",
+                    help="start of the --outage-seconds window, in seconds after start (default: %(default)s)")
+    mu.add_argument("--outage-seconds", type=float, default=0.0, metavar="SECONDS",
+                    help="refuse connections on --port (listening socket closed, open connections dropped) "
+                         "for SECONDS from --outage-after; --control-port stays up (default: %(default)s, "
+                         "never)")
     retry = mu.add_mutually_exclusive_group()
     retry.add_argument("--retry-after", type=float, metavar="SECONDS",
                        help="every 429 carries `Retry-After: SECONDS` (rounded up to whole seconds) and "
@@ -126,7 +132,8 @@ def _mock_upstream(args) -> int:
                                 rate_limit_rate=args.rate_limit_rate, retry_after_ms=retry_after_ms,
                                 api_key=args.api_key, seed=args.seed, max_in_flight=args.max_in_flight,
                                 rate_limit_after=args.rate_limit_after,
-                                rate_limit_seconds=args.rate_limit_seconds)
+                                rate_limit_seconds=args.rate_limit_seconds, outage_after=args.outage_after,
+                                outage_seconds=args.outage_seconds)
     except ValueError as exc:
         raise SettingsError(_as_flags(str(exc))) from exc
     try:

@@ -320,7 +320,8 @@ async def test_stats_request_log_and_reset():
         s = await stats(session, base)
         assert s.pop("config")["latency_ms"] == 0.0
         assert s == {"requests": 0, "by_status": {}, "in_flight": 0, "max_in_flight": 0, "successes": 0,
-                     "duplicate_successes": 0, "authorization_seen": [], "first_request_at": None,
+                     "duplicate_successes": 0, "authorization_seen": [], "dropped_connections": 0,
+                     "first_request_at": None,
                      "last_request_started_at": None}
         async with session.get(root(base) + "/_mock/requests") as r:
             assert (await r.json())["data"] == []
@@ -547,3 +548,85 @@ async def test_fault_flags_of_the_command():
             async with session.post(control + "/_mock/config", json={"rate_limit_seconds": 0}) as r:
                 assert r.status == 200
             assert (await post(session, base + "/embeddings", body))[0] == 200
+
+
+async def refused(session, url) -> bool:
+    """Does a fresh connection to `url` get ECONNREFUSED?"""
+    try:
+        async with aiohttp.ClientSession() as fresh, fresh.get(url) as r:
+            await r.read()
+    except aiohttp.ClientConnectorError as exc:
+        return isinstance(exc.os_error, ConnectionRefusedError)
+    return False
+
+
+@pytest.mark.asyncio
+async def test_outage_refuses_connections_drops_open_ones_then_recovers():
+    async with running_mock(latency_ms=0) as (session, server):
+        url = server.base_url + "/chat/completions"
+        body = {"model": "m", "messages": []}
+        idle = aiohttp.ClientSession()
+        assert (await post(idle, url, body))[0] == 200  # leaves a keep-alive connection in its pool
+        in_flight = asyncio.ensure_future(post(session, url, {**body, "mock": {"latency_ms": 500}}))
+        await asyncio.sleep(0.2)
+
+        status, config = await configure(session, server, outage_seconds=0.8)
+        assert status == 200 and config["outage_window"]["active"] is True
+        await asyncio.sleep(0.1)
+        with pytest.raises(aiohttp.ClientConnectionError):  # cut, not answered
+            await in_flight
+        assert await refused(session, server.base_url + "/models")
+        with pytest.raises(aiohttp.ClientConnectionError):  # the idle keep-alive one was dropped too
+            await post(idle, url, body)
+        await idle.close()
+        # The control site stays up and tells.
+        async with session.get(server.control_url + "/_mock/stats") as r:
+            s = await r.json()
+        assert s["config"]["outage_window"]["active"] is True and s["dropped_connections"] == 2
+
+        await asyncio.sleep(0.9)
+        assert (await post(session, url, body))[0] == 200  # the same port, listening again
+        async with session.get(server.control_url + "/_mock/stats") as r:
+            s = await r.json()
+        assert s["config"]["outage_window"]["active"] is False
+        async with session.get(server.control_url + "/_mock/requests") as r:
+            statuses = [row["status"] for row in (await r.json())["data"]]
+        assert statuses == [200, 499, 200]  # the cut request is marked: its client never got an answer
+
+        # Ended early from the control site.
+        await configure(session, server, outage_seconds=60)
+        await asyncio.sleep(0.1)
+        assert await refused(session, server.base_url + "/models")
+        _, config = await configure(session, server, outage_seconds=0)
+        assert config["outage_window"]["active"] is False
+        for _ in range(20):
+            if not await refused(session, server.base_url + "/models"):
+                break
+            await asyncio.sleep(0.05)
+        assert (await post(session, url, body))[0] == 200
+
+
+@pytest.mark.asyncio
+async def test_outage_window_from_start_on_the_command_line():
+    async with aiohttp.ClientSession() as session:
+        with spawned_mock("--outage-after", "0.5", "--outage-seconds", "1") as (base, control):
+            started = time.monotonic()
+            assert (await post(session, base + "/embeddings", {"model": "m", "input": "a"}))[0] == 200
+            await asyncio.sleep(max(0.0, 0.7 - (time.monotonic() - started)))
+            assert await refused(session, base + "/models")
+            async with session.get(control + "/_mock/stats") as r:
+                assert (await r.json())["config"]["outage_window"]["active"] is True
+            await asyncio.sleep(max(0.0, 1.7 - (time.monotonic() - started)))
+            async with aiohttp.ClientSession() as fresh:
+                assert (await post(fresh, base + "/embeddings", {"model": "m", "input": "a"}))[0] == 200
+
+
+@pytest.mark.asyncio
+async def test_an_outage_needs_a_served_mock():
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from eventbatch.mock_upstream import create_mock_app
+    async with TestClient(TestServer(create_mock_app(MockSettings()))) as client:
+        r = await client.post("/_mock/config", json={"outage_seconds": 5})
+        assert r.status == 400
+        assert "start_mock" in (await r.json())["error"]["message"]

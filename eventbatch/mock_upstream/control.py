@@ -12,7 +12,11 @@
                                  MockSettings fields, e.g. {"latency_ms": 50}; also
                                  {"retry_after": S} for {"retry_after_ms": S * 1000};
                                  {"rate_limit_seconds": 20} answers everything 429 for 20 s from now
-                                 ({"rate_limit_seconds": 0} ends it); {"max_in_flight": N}
+                                 ({"rate_limit_seconds": 0} ends it); {"outage_seconds": 60}
+                                 refuses connections on the provider's port for 60 s from now
+                                 ({"outage_seconds": 0} ends it); {"max_in_flight": N}
+
+The provider's port serves these routes too, but not during an outage: use the control port.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ async def _change_config(request: web.Request) -> web.Response:
     if unknown:
         return invalid(f"Unknown setting {', '.join(map(repr, unknown))}; "
                        f"known: {', '.join(settings_module.FIELDS)}.")
+    provider = request.app[PROVIDER]
+    opens_outage = "outage_after" in changes or "outage_seconds" in changes
+    if opens_outage and not provider.outages_followed:
+        return invalid("An outage needs the mock served by start_mock or `eventbatch mock-upstream`: only "
+                       "they can close its listening socket. Nothing was changed.")
     current = request.app[SETTINGS]
     try:
         new = settings_module.changed(current, changes)
@@ -97,8 +106,11 @@ async def _change_config(request: web.Request) -> web.Response:
     if "rate_limit_after" in changes or "rate_limit_seconds" in changes:
         # A window asked for now starts now (or `rate_limit_after` from now), not from the start.
         current.rate_limit_after = new.rate_limit_after if "rate_limit_after" in changes else 0.0
-        request.app[PROVIDER].rate_limit.open(current.rate_limit_after, current.rate_limit_seconds,
-                                              time.monotonic())
+        provider.rate_limit.open(current.rate_limit_after, current.rate_limit_seconds, time.monotonic())
+    if opens_outage:
+        current.outage_after = new.outage_after if "outage_after" in changes else 0.0
+        provider.outage.open(current.outage_after, current.outage_seconds, time.monotonic())
+        provider.outage_changed.set()
     return json_response(200, _config_view(request.app))
 
 

@@ -57,6 +57,12 @@ class ProviderState:
         now = time.monotonic()
         self.rate_limit = Window()
         self.rate_limit.open(settings.rate_limit_after, settings.rate_limit_seconds, now)
+        self.outage = Window()
+        self.outage.open(settings.outage_after, settings.outage_seconds, now)
+        # Set when the outage window changes, to wake the follower that closes and opens the socket;
+        # without one (an app served by other means) an outage cannot be had.
+        self.outage_changed = asyncio.Event()
+        self.outages_followed = False
         # Requests being answered now, less those turned away for `max_in_flight`.
         self.serving = 0
 
@@ -70,7 +76,8 @@ class ProviderState:
         return True
 
     def view(self) -> dict[str, Any]:
-        return {"rate_limit_window": self.rate_limit.view(time.monotonic())}
+        now = time.monotonic()
+        return {"rate_limit_window": self.rate_limit.view(now), "outage_window": self.outage.view(now)}
 
 
 class BadControl(ValueError):

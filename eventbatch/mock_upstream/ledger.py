@@ -60,6 +60,7 @@ class MockLedger:
         self.successes = 0
         self.duplicate_successes = 0
         self.authorization_seen: set[str] = set()
+        self.dropped_connections = 0  # open connections an outage cut
         self.first_request_at: float | None = None
         self.last_request_started_at: float | None = None
         self.succeeded_bodies: set[bytes] = set()
@@ -100,6 +101,7 @@ class MockLedger:
             "successes": self.successes,
             "duplicate_successes": self.duplicate_successes,
             "authorization_seen": sorted(self.authorization_seen),
+            "dropped_connections": self.dropped_connections,
             "first_request_at": self.first_request_at,
             "last_request_started_at": self.last_request_started_at,
         }

@@ -44,7 +44,9 @@ def endpoint(answer: answers.Answer | None) -> Callable[[web.Request], Any]:
                 response = error_response(404, f"Invalid URL (POST {request.path})", "invalid_request_error")
             else:
                 response = await _respond(request, ledger, raw, digest, answer)
-            status = response.status
+            transport = request.transport
+            # An outage may have cut the connection while this request waited: nobody gets the answer.
+            status = response.status if transport is not None and not transport.is_closing() else CLIENT_GONE
             if status == 429:
                 sent = response.headers.get("retry-after-ms")
                 retry_after_ms = None if sent is None else int(sent)

@@ -1,14 +1,14 @@
 """The mock's apps, and serving them: `start_mock` for tests, `run_mock` for the CLI.
 
 Two listening sites share one state: the provider's (`/v1` and, as before, `/_mock`) and a
-control site (`/_mock` only, on `control_port`). The control site is what keeps a test in
-charge while the provider's site is down for an outage.
+control site (`/_mock` only, on `control_port`). An outage closes only the provider's socket
+(`outage`), so the control site is what keeps a test in charge while the provider is down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import signal
 from typing import NamedTuple
 
@@ -17,6 +17,8 @@ from aiohttp import web
 from .control import add_control_routes
 from .faults import ProviderState
 from .ledger import MockLedger
+from .listening import MockListenError, authority, listen
+from .outage import Announce, OutageFollower
 from .provider import add_provider_routes
 from .settings import MockSettings
 from .state import LEDGER, PROVIDER, SETTINGS, STOPPING
@@ -50,34 +52,6 @@ def create_control_app(provider_app: web.Application) -> web.Application:
     return app
 
 
-class MockListenError(Exception):
-    """A port the mock was asked for cannot be listened on; the message says what to do."""
-
-    def __init__(self, host: str, port: int, option: str, cause: OSError) -> None:
-        reason = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else (cause.strerror or str(cause))
-        super().__init__(f"cannot listen on {_authority(host, port)} ({reason}); choose another {option}.")
-
-
-def _authority(host: str, port: int) -> str:
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}"
-
-
-async def _listen(runner: web.AppRunner, host: str, port: int, option: str) -> web.TCPSite:
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    try:
-        await site.start()
-    except OSError as exc:
-        await site.stop()
-        raise MockListenError(host, port, option, exc) from exc
-    return site
-
-
 class MockServer:
     """The running mock: its provider site, its control site, and their shared app state."""
 
@@ -87,31 +61,41 @@ class MockServer:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         self._control_runner = web.AppRunner(create_control_app(self.app), access_log=None,
                                              shutdown_timeout=2.0)
+        self._outages: asyncio.Task | None = None
         self.port = 0
         self.control_port = 0
 
     @property
     def base_url(self) -> str:
         """The provider's URL, with /v1: what a gateway is configured with."""
-        return f"http://{_authority(self.host, self.port)}/v1"
+        return f"http://{authority(self.host, self.port)}/v1"
 
     @property
     def control_url(self) -> str:
         """The control site's root: `control_url + "/_mock/stats"` answers even during an outage."""
-        return f"http://{_authority(self.host, self.control_port)}"
+        return f"http://{authority(self.host, self.control_port)}"
 
-    async def start(self, port: int, control_port: int) -> None:
+    async def start(self, port: int, control_port: int, announce: Announce | None = None) -> None:
         await self._runner.setup()
         await self._control_runner.setup()
         try:
-            self.port = (await _listen(self._runner, self.host, port, "--port")).port
-            self.control_port = (await _listen(self._control_runner, self.host, control_port,
-                                               "--control-port")).port
+            site = await listen(self._runner, self.host, port, "--port")
+            self.port = site.port
+            self.control_port = (await listen(self._control_runner, self.host, control_port,
+                                              "--control-port")).port
         except MockListenError:
             await self.cleanup()
             raise
+        # Bound first even when an outage is due at once, so a taken port is still reported.
+        follower = OutageFollower(self._runner, site, self.host, self.port, self.app[PROVIDER],
+                                  self.app[LEDGER], announce)
+        self._outages = asyncio.create_task(follower.run(), name="mock-upstream outages")
 
     async def cleanup(self) -> None:
+        if self._outages is not None:
+            self._outages.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._outages
         await self._control_runner.cleanup()
         await self._runner.cleanup()
 
@@ -122,15 +106,17 @@ class StartedMock(NamedTuple):
 
 
 async def start_mock(settings: MockSettings, host: str = "127.0.0.1", port: int = 0,
-                     control_port: int = 0) -> StartedMock:
-    """Serve on host:port and host:control_port (0 picks a free port); raises MockListenError."""
+                     control_port: int = 0, *, announce: Announce | None = None) -> StartedMock:
+    """Serve on host:port and host:control_port (0 picks a free port); raises MockListenError.
+    `announce` gets a line when an outage starts or ends."""
     server = MockServer(settings, host)
-    await server.start(port, control_port)
+    await server.start(port, control_port, announce)
     return StartedMock(server, server.base_url)
 
 
 async def _serve_until_signalled(settings: MockSettings, host: str, port: int, control_port: int) -> None:
-    server, url = await start_mock(settings, host, port, control_port)
+    server, url = await start_mock(settings, host, port, control_port,
+                                   announce=lambda line: print(line, flush=True))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

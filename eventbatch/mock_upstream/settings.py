@@ -27,6 +27,10 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True):
     # after start (or after the `/_mock/config` call that sets them).
     rate_limit_after: float = 0.0
     rate_limit_seconds: float = 0.0
+    # The provider's port refuses connections (and drops open ones) from `outage_after` to
+    # `outage_after + outage_seconds` after start (or after the `/_mock/config` call that sets them).
+    outage_after: float = 0.0
+    outage_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("fail_rate", "rate_limit_rate"):
@@ -35,7 +39,7 @@ class MockSettings(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"`{name}` must be between 0 and 1; got {value}.")
         if self.latency_ms < 0:
             raise ValueError(f"`latency_ms` must be 0 or more; got {self.latency_ms}.")
-        for name in ("rate_limit_after", "rate_limit_seconds"):
+        for name in ("rate_limit_after", "rate_limit_seconds", "outage_after", "outage_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be 0 or more seconds; got {getattr(self, name)}.")
         if self.max_in_flight is not None and self.max_in_flight < 0:
