@@ -9,7 +9,7 @@ import pytest
 from eventbatch.batch import ENDPOINTS
 from eventbatch.validation import ValidationResult, Validator
 from eventbatch.validation.rules import REQUIRED_BODY_FIELD
-from eventbatch.worker.providers import Provider
+from eventbatch.worker.providers import Provider, model_check, provider_for
 
 REQUIRED = {
     "/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input",
@@ -160,6 +160,18 @@ def test_no_model_named_no_model_not_found():
     data = b"\n".join([line("a", CHAT, messages=[]), b"{broken"])
     result = both_paths(data, CHAT, serves_model=lambda m: False)
     assert [e.code for e in result.errors] == ["missing_model", "invalid_json_line"]
+
+
+def test_the_providers_model_check_agrees_with_provider_for():
+    named = [Provider(name="a", base_url="http://127.0.0.1:9/v1", models=["m1", "m2"]),
+             Provider(name="b", base_url="http://127.0.0.1:8/v1", models=["m3"])]
+    check = model_check(named)
+    for model in ("m1", "m2", "m3", "m4", ""):
+        assert check(model) == (provider_for(named, model) is not None)
+    assert check("m3") and not check("m4")
+    # A provider without a models list serves every model: nothing to check.
+    assert model_check(named + [Provider(name="c", base_url="http://127.0.0.1:7/v1")]) is None
+    assert model_check([Provider(name="default", base_url="http://127.0.0.1:7/v1")]) is None
 
 
 def test_model_not_found_survives_the_error_cap():

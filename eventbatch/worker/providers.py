@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import msgspec
@@ -105,3 +105,12 @@ def provider_for(providers: list[Provider], model: str | None) -> Provider | Non
         if p.models is None:
             return p
     return None
+
+
+def model_check(providers: list[Provider]) -> Callable[[str], bool] | None:
+    """What validation asks of a file's model (the Validator's serves_model): whether
+    provider_for would find a provider for it. None when one serves every model: nothing is refused."""
+    if any(p.models is None for p in providers):
+        return None
+    served = frozenset(m for p in providers for m in p.models or ())
+    return served.__contains__
