@@ -196,18 +196,30 @@ UPSTREAM_KEY = "canary-upstream-key-7f3a9c1e"  # must reach the mock and nothing
 
 
 def start_mock(start_proc, *args: str) -> Proc:
-    port = free_port()
-    proc = start_proc("mock-upstream", "--port", str(port), *args)
-    wait_http(f"http://127.0.0.1:{port}/_mock/stats", proc)
+    """`eventbatch mock-upstream ARGS`; `.control_root` is its control port, up during outages."""
+    port, control_port = free_port(), free_port()
+    proc = start_proc("mock-upstream", "--port", str(port), "--control-port", str(control_port), *args)
+    wait_http(f"http://127.0.0.1:{control_port}/_mock/stats", proc)
     proc.base_url = f"http://127.0.0.1:{port}/v1"
     proc.root = f"http://127.0.0.1:{port}"
+    proc.control_root = f"http://127.0.0.1:{control_port}"
     return proc
 
 
 def mock_stats(mock: Proc) -> dict:
     import json
     import urllib.request
-    with urllib.request.urlopen(mock.root + "/_mock/stats") as r:
+    with urllib.request.urlopen(mock.control_root + "/_mock/stats") as r:
+        return json.loads(r.read())
+
+
+def mock_configure(mock: Proc, **changes) -> dict:
+    """Change a running mock: `mock_configure(mock, outage_seconds=60)`, `rate_limit_seconds=20`, …"""
+    import json
+    import urllib.request
+    request = urllib.request.Request(mock.control_root + "/_mock/config", data=json.dumps(changes).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request) as r:
         return json.loads(r.read())
 
 
