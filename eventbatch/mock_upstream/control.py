@@ -21,6 +21,7 @@ The provider's port serves these routes too, but not during an outage: use the c
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -81,7 +82,8 @@ async def _change_config(request: web.Request) -> web.Response:
         return invalid("The body must be a JSON object of settings to change, e.g. {\"latency_ms\": 50}.")
     if "retry_after" in changes:  # seconds, as `--retry-after` takes them
         seconds = changes.pop("retry_after")
-        if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)):
+        if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                                    or not math.isfinite(seconds)):
             return invalid("`retry_after` must be a number of seconds, or null for 429s without retry headers.")
         changes["retry_after_ms"] = None if seconds is None else round(seconds * 1000)
     unknown = sorted(set(changes) - set(settings_module.FIELDS))
