@@ -29,7 +29,7 @@ import asyncpg
 import msgspec
 
 from eventbatch import batch as domain
-from eventbatch import commands, db, events as ev, ids, projections, store
+from eventbatch import batches, db, events as ev, files, ids, projections, store
 from eventbatch.worker.recorder import FLUSH_MAX, HeldChunk, Recorder
 
 MODEL = "gpt-4o-mini"
@@ -69,14 +69,14 @@ async def running_batch(conn: asyncpg.Connection, total: int, project: str = "be
     """A batch created, validated and started through the commands, its `total` requests in
     chunks of CHUNK_SIZE enqueued (the input file is recorded but holds no bytes: nothing
     reads it, nothing runs the requests)."""
-    f = await commands.record_upload(conn, file_id=ids.file_id(), project=project, filename="benchmark.jsonl",
+    f = await files.record_upload(conn, file_id=ids.file_id(), project=project, filename="benchmark.jsonl",
                                      purpose="batch", size=0, expires_after=None)
-    state = await commands.create_batch(
+    state = await batches.create_batch(
         conn, project=project, input_file_id=f.id, endpoint="/v1/chat/completions",
         completion_window="24h", metadata=None, output_expires_after=None, window_seconds=86400)
     now = time.time()
     plan = [ev.ChunkPlan(i, min(CHUNK_SIZE, total - i), 0, 0) for i in range(0, total, CHUNK_SIZE)]
-    state, _ = await commands.batch_command(conn, state.id, lambda s: [
+    state, _ = await batches.transition(conn, state.id, lambda s: [
         ev.BatchValidated(total=total, model=MODEL, chunks=plan, at=now), ev.BatchStarted(at=now)])
     return state
 

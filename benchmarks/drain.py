@@ -101,12 +101,12 @@ def drain_eventbatch(api_url: str, key: str, lines: list[dict], timeout: float =
 def create_key(database_url: str, project: str) -> str:
     import asyncpg
 
-    from eventbatch import commands
+    from eventbatch import api_keys
 
     async def go():
         conn = await asyncpg.connect(database_url)
         try:
-            return await commands.create_key(conn, project)
+            return await api_keys.create_key(conn, project)
         finally:
             await conn.close()
     return asyncio.run(go())

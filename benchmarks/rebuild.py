@@ -1,4 +1,4 @@
-"""rebuild: `eventbatch projections rebuild` (projections.rebuild) over a log of 1,000,000+
+"""rebuild: `eventbatch projections rebuild` (rebuild.rebuild) over a log of 1,000,000+
 events, next to a pure-SQL aggregate of the same table (the floor: Postgres reading every event
 and summing the same figures, with nothing decoded in Python and no view written).
 
@@ -24,7 +24,7 @@ import asyncpg
 import msgspec
 
 from eventbatch import batch as domain
-from eventbatch import events as ev, projections, store
+from eventbatch import events as ev, projections, rebuild, store
 
 from .append import realistic_outcome, running_batch
 
@@ -103,9 +103,9 @@ async def write_log(database_url: str, batches: int, per_batch: int, writers: in
     return time.perf_counter() - t0
 
 
-async def rebuild_once(conn: asyncpg.Connection) -> tuple[float, projections.Folded]:
+async def rebuild_once(conn: asyncpg.Connection) -> tuple[float, rebuild.Folded]:
     t0 = time.perf_counter()
-    folded = await projections.rebuild(conn)
+    folded = await rebuild.rebuild(conn)
     return time.perf_counter() - t0, folded
 
 
@@ -115,7 +115,7 @@ async def floor_once(conn: asyncpg.Connection) -> tuple[float, dict]:
     return time.perf_counter() - t0, {r["batch_id"]: r for r in rows}
 
 
-def _check(folded: projections.Folded, floor: dict, events: int) -> None:
+def _check(folded: rebuild.Folded, floor: dict, events: int) -> None:
     """The rebuilt views and the SQL aggregate must agree with each other and with the log."""
     if folded.events != events:
         raise RuntimeError(f"rebuild folded {folded.events} events; the log holds {events}")
@@ -148,7 +148,7 @@ async def measure(database_url: str, batches: int, per_batch: int, rounds: int) 
             seconds, floor = await floor_once(conn)
             floors.append(seconds)
             _check(folded, floor, events)
-        diffs = (await projections.verify(conn))[1] if events <= 200_000 else []
+        diffs = (await rebuild.verify(conn))[1] if events <= 200_000 else []
         if diffs:
             raise RuntimeError("rebuilt views differ from a fresh fold: " + "; ".join(diffs[:5]))
     finally:
@@ -181,7 +181,7 @@ def run(quick: bool, full: bool, ctx) -> dict:
         "targets": [{"target": "rebuild ≤ 3× the pure-SQL aggregate's time", "value": round(ratio, 2),
                      "met": ratio <= 3}],
         "notes": (f"{n:,} events ({batches} batches × {per_batch:,} outcomes, {m['table_mb']:.0f} MB table) "
-                  f"written by store.append_outcomes; projections.rebuild (fold + swap of the views, one "
+                  f"written by store.append_outcomes; rebuild.rebuild (fold + swap of the views, one "
                   f"transaction) vs one GROUP BY that parses every outcome's JSON in Postgres; median of "
                   f"{rounds} alternating rounds on a warm cache; results cross-checked."),
     }

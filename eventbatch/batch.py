@@ -13,11 +13,21 @@ import msgspec
 
 from . import events as ev
 
+# The statuses of SPEC §5. Every list of statuses that SQL or metrics need comes from here.
+STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+OPEN = frozenset(STATUSES) - TERMINAL
+VALIDATING = "validating"
+RUNNABLE_STATUS = "in_progress"
+RUNNABLE = frozenset({RUNNABLE_STATUS})   # requests of these batches may be sent upstream
 CANCELLABLE = frozenset({"validating", "in_progress"})   # SPEC §5: finalizing is past cancelling
 # The endpoints a batch may target (SPEC section 1: OpenAI's list).
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations",
              "/v1/images/generations", "/v1/images/edits", "/v1/videos")
+# After expires_at, how long settling waits for workers to record what they hold (they stop
+# starting requests at expires_at and flush within a second or two): finished work is kept, and
+# a worker that died does not hold the batch open longer than this.
+EXPIRY_GRACE_SECONDS = 15.0
 
 
 class Conflict(Exception):
@@ -140,8 +150,7 @@ def record_validation(state: BatchState, result_events: list[ev.Event], now: flo
         if isinstance(outcome, ev.BatchValidated):
             return [outcome, ev.BatchStarted(at=now)]
         return [outcome]
-    if state.status == "cancelling" and isinstance(outcome, ev.BatchValidated) and state.chunk_count == 0 \
-            and state.request_counts.total == 0:
+    if state.status == "cancelling" and isinstance(outcome, ev.BatchValidated) and not validated(state):
         # Cancelled while validating: keep the request list so every request is accounted for
         # as batch_cancelled; a failed validation is dropped (cancelling only leads to cancelled).
         return [outcome]
@@ -156,23 +165,82 @@ def cancel(state: BatchState, now: float) -> list[ev.Event]:
     return [ev.BatchCancelling(at=now)]
 
 
-def settlement(state: BatchState, now: float, all_requests_done: bool) -> str | None:
-    """What the finalizer should do with the batch now: 'cancelled', 'expired', 'finalizing',
-    'completed', or None (nothing yet)."""
+class Due(msgspec.Struct, frozen=True):
+    """What settling a batch does now, decided from its state and the facts the caller gathered.
+
+    validate_first: the batch was cancelled before its validation recorded its requests;
+        validate, so every request of a valid file gets its batch_cancelled line, then ask again.
+    events: to append now (BatchFinalizing).
+    closing: 'completed', 'cancelled' or 'expired': close the batch now — outcomes for the
+        unfinished requests (unfinished_outcome), the output files, then closing_events."""
+    validate_first: bool = False
+    events: tuple[ev.Event, ...] = ()
+    closing: str | None = None
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.validate_first or self.events or self.closing)
+
+
+NOTHING_DUE = Due()
+
+
+def validated(state: BatchState) -> bool:
+    """Its validation recorded the requests (a valid file has at least one line)."""
+    return state.request_counts.total > 0 or state.chunk_count > 0
+
+
+def settle(state: BatchState, *, now: float, open_requests: bool, live_leases: int,
+           validation_checked: bool = False) -> Due:
+    """Every rule of a batch's end (SPEC §5). open_requests: some chunk is not done yet;
+    live_leases: chunks a worker holds right now; validation_checked: a validation was just
+    tried for a cancelled batch (so do not ask for it again)."""
     match state.status:
         case "cancelling":
-            return "cancelled"
-        case "in_progress" if all_requests_done:
-            return "finalizing"   # every request finished in time: complete, even if the window just passed
-        case "validating" | "in_progress" if state.expires_at is not None and now >= state.expires_at:
-            return "expired"
+            if not validated(state) and not validation_checked:
+                return Due(validate_first=True)
+            if live_leases:
+                return NOTHING_DUE   # workers are letting go of their requests; they settle it after
+            return Due(closing="cancelled")
+        case "in_progress" if not open_requests:
+            # Every request finished in time: complete, even if the window just passed.
+            return Due(events=(ev.BatchFinalizing(at=now),))
+        case "in_progress" if state.expires_at is not None and now >= state.expires_at:
+            # Like cancel: the workers stop at expires_at and record what finished; wait for them
+            # (bounded), so results they hold are kept, not dropped.
+            if live_leases and now < state.expires_at + EXPIRY_GRACE_SECONDS:
+                return NOTHING_DUE
+            return Due(closing="expired")
         case "finalizing":
-            return "completed"
-    return None
+            # Past in_progress with every request done: expiry no longer applies.
+            return Due(closing="completed")
+    # validating: validation is due work of its own (validation_due); a batch whose window
+    # passed while it validated is validated first and then expires with every request
+    # accounted for (there is no validating → expired arrow).
+    return NOTHING_DUE
 
 
-def closing_event(kind: str, now: float) -> ev.Event:
-    return {"cancelled": ev.BatchCancelled, "expired": ev.BatchExpired, "completed": ev.BatchCompleted}[kind](at=now)
+def validation_due(state: BatchState) -> bool:
+    """Waiting for its validation (the sweeper's due work)."""
+    return state.status == "validating" and not validated(state)
+
+
+def may_validate(state: BatchState) -> bool:
+    """A validation run now would be recorded: validating, or cancelled before it was validated."""
+    return state.status in ("validating", "cancelling") and not validated(state)
+
+
+_CLOSING = {"cancelled": ev.BatchCancelled, "expired": ev.BatchExpired, "completed": ev.BatchCompleted}
+_CLOSES_FROM = {"cancelled": {"cancelling"}, "expired": {"in_progress"}, "completed": {"finalizing"}}
+
+
+def closing_events(state: BatchState, kind: str, *, output_file_id: str | None, error_file_id: str | None,
+                   now: float) -> list[ev.Event]:
+    """The batch's last events: where its results are, then its terminal event."""
+    if state.status not in _CLOSES_FROM[kind]:
+        raise Conflict(f"a batch with status '{state.status}' cannot become '{kind}'")
+    return [ev.BatchOutputWritten(output_file_id=output_file_id, error_file_id=error_file_id, at=now),
+            _CLOSING[kind](at=now)]
 
 
 def unfinished_error(kind: str) -> tuple[str, str]:
@@ -180,3 +248,24 @@ def unfinished_error(kind: str) -> tuple[str, str]:
     if kind == "cancelled":
         return "batch_cancelled", "The batch was cancelled before this request was completed."
     return "batch_expired", "The batch expired before this request was completed."
+
+
+def unfinished_outcome(kind: str, index: int, custom_id: str,
+                       attempts: list[ev.Attempt] | tuple = ()) -> ev.RequestFailed:
+    """The outcome of a request the batch's end cut short ('cancelled' or 'expired'), with the
+    attempts it had (kept in the log, SPEC §7)."""
+    code, message = unfinished_error(kind)
+    return ev.RequestFailed(index=index, custom_id=custom_id, attempts=list(attempts),
+                            error_code=code, error_message=message)
+
+
+def stop_reason(status: str | None, expires_at: float | None, now: float) -> str | None:
+    """Why a worker must stop a batch's requests now: 'cancelled', 'expired', 'ended' (the
+    batch is past running for another reason: finished, or gone), or None (keep going)."""
+    if status in ("cancelling", "cancelled"):
+        return "cancelled"
+    if status == "expired" or (expires_at is not None and now >= expires_at and status not in TERMINAL):
+        return "expired"
+    if status not in RUNNABLE:
+        return "ended"
+    return None

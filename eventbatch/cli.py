@@ -100,20 +100,23 @@ def main(argv: list[str] | None = None) -> int:
             config_path=getattr(args, "config_path", None),
             window_seconds=getattr(args, "window_seconds", None))
         logsetup.configure(settings.log_format)
-        from . import operations
         match args.command:
             case "serve" | "api" | "worker":
-                return asyncio.run(operations.run_server(settings, args.command, getattr(args, "host", None),
-                                                         getattr(args, "port", None)))
+                from .server import run_server
+                return asyncio.run(run_server(settings, args.command, getattr(args, "host", None),
+                                              getattr(args, "port", None)))
             case "migrate":
-                return asyncio.run(operations.migrate(settings))
+                from .db import migrate_command
+                return asyncio.run(migrate_command(settings))
             case "keys":
-                return asyncio.run(operations.create_key(settings, args.project))
+                from .api_keys import create_key_command
+                return asyncio.run(create_key_command(settings, args.project))
             case "replay":
-                return asyncio.run(operations.replay(settings, args.batch_id, as_json=args.json,
-                                                     requests=args.requests))
+                from .replay import replay
+                return asyncio.run(replay(settings, args.batch_id, as_json=args.json, requests=args.requests))
             case "projections":
-                return asyncio.run(operations.rebuild(settings, verify=args.verify))
+                from .rebuild import rebuild_command
+                return asyncio.run(rebuild_command(settings, verify_only=args.verify))
     except SettingsError as exc:
         print(f"eventbatch: error: {exc}", file=sys.stderr)
         return 2

@@ -10,10 +10,9 @@ from pathlib import Path
 import asyncpg
 
 from .config import Settings, SettingsError
+from .sql import Q
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# Serialises migration runs of processes that start together (any constant will do).
-_MIGRATION_LOCK = 7_311_450_001
 
 
 def embedded_database_url(data_dir: Path) -> str:
@@ -62,30 +61,28 @@ def migration_files() -> list[Path]:
 
 async def migrate(conn: asyncpg.Connection, *, progress=None) -> list[str]:
     """Apply pending migrations, each in its own transaction with its bookkeeping row."""
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    await conn.execute(Q.migration_lock)
     try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        await conn.execute(Q.migration_table_create)
+        done = {r["name"] for r in await conn.fetch(Q.migration_applied)}
         applied = []
         for path in migration_files():
             if path.name in done:
                 continue
             async with conn.transaction():
                 await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+                await conn.execute(Q.migration_record, path.name)
             applied.append(path.name)
             if progress:
                 progress(path.name)
         return applied
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        await conn.execute(Q.migration_unlock)
 
 
 async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")} if exists else set()
+    exists = await conn.fetchval(Q.migration_table_exists)
+    done = {r["name"] for r in await conn.fetch(Q.migration_applied)} if exists else set()
     return [p.name for p in migration_files() if p.name not in done]
 
 
@@ -98,3 +95,14 @@ async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Po
     return pool
 
 
+async def migrate_command(settings: Settings) -> int:
+    """`eventbatch migrate`."""
+    url = await asyncio.to_thread(database_url, settings)
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn, progress=lambda name: print(f"applied {name}", flush=True))
+    finally:
+        await pool.close()
+    print(f"{len(applied)} migration(s) applied; the database is up to date.")
+    return 0

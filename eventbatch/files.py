@@ -1,71 +1,67 @@
-"""File bytes in and out, streamed in pieces of 1 MiB (table file_blobs)."""
+"""Commands on files: record an upload, delete a file. The bytes themselves move through
+blobs.py; the file's existence is its `file_created` event and its view."""
 
 from __future__ import annotations
 
+import time
 from typing import AsyncIterator
 
 import asyncpg
 
-PIECE = 1 << 20
-
-INSERT_PIECE = "INSERT INTO file_blobs (file_id, piece, data) VALUES ($1, $2, $3)"
-SELECT_PIECES = "SELECT data FROM file_blobs WHERE file_id = $1 AND piece >= $2 AND piece <= $3 ORDER BY piece"
-
-
-class TooLarge(Exception):
-    pass
+from . import blobs, events as ev, ids, projections, store
+from .projections import FileView
+from .store import NotFound
+from .validation import MAX_FILE_BYTES
 
 
-class BlobWriter:
-    """Buffers at most one piece in memory and writes full pieces as they fill."""
-
-    def __init__(self, conn: asyncpg.Connection, file_id: str, max_bytes: int | None = None):
-        self.conn, self.file_id, self.max_bytes = conn, file_id, max_bytes
-        self.size = 0
-        self._buf = bytearray()
-        self._piece = 0
-
-    async def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.max_bytes is not None and self.size > self.max_bytes:
-            raise TooLarge(self.size)
-        self._buf += data
-        while len(self._buf) >= PIECE:
-            await self._flush(bytes(self._buf[:PIECE]))
-            del self._buf[:PIECE]
-
-    async def _flush(self, data: bytes) -> None:
-        await self.conn.execute(INSERT_PIECE, self.file_id, self._piece, data)
-        self._piece += 1
-
-    async def close(self) -> int:
-        if self._buf:
-            await self._flush(bytes(self._buf))
-            self._buf.clear()
-        return self.size
+async def create_file(conn: asyncpg.Connection, event: ev.FileCreated) -> FileView:
+    [seq] = await store.append(conn, store.file_stream(event.file_id), 0, [event])
+    view = projections.evolve_file(None, event)
+    await projections.save_file(conn, view, seq)
+    return view
 
 
-async def iter_pieces(conn: asyncpg.Connection | asyncpg.Pool, file_id: str, start: int = 0,
-                      end: int | None = None) -> AsyncIterator[bytes]:
-    """The bytes [start, end) of a file, a piece at a time (a few pieces fetched per query)."""
-    first = start // PIECE
-    last = (end - 1) // PIECE if end is not None else 2**31 - 1
-    piece = first
-    while piece <= last:
-        rows = await conn.fetch(SELECT_PIECES, file_id, piece, min(last, piece + 3))
-        if not rows:
-            return
-        for r in rows:
-            data: bytes = r[0]
-            lo = start - piece * PIECE if piece == first else 0
-            hi = end - piece * PIECE if end is not None and piece == last else len(data)
-            yield data[max(lo, 0):hi] if (lo > 0 or hi < len(data)) else data
-            piece += 1
+async def store_upload(conn: asyncpg.Connection, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+    """Stream uploaded bytes into storage under a new file id; raises blobs.TooLarge past the
+    limit. The caller runs it in the transaction that records the file, so a failed or
+    oversized upload leaves nothing behind."""
+    fid = ids.file_id()
+    writer = blobs.BlobWriter(conn, fid, max_bytes=MAX_FILE_BYTES)
+    async for chunk in chunks:
+        await writer.write(chunk)
+    return fid, await writer.close()
 
 
-async def read_range(conn: asyncpg.Connection, file_id: str, start: int, end: int) -> bytes:
-    return b"".join([p async for p in iter_pieces(conn, file_id, start, end)])
+async def record_upload(conn: asyncpg.Connection, *, file_id: str, project: str, filename: str, purpose: str,
+                        size: int, expires_after: int | None) -> FileView:
+    now = time.time()
+    return await create_file(conn, ev.FileCreated(
+        file_id=file_id, project=project, filename=filename, purpose=purpose, bytes=size, at=now,
+        expires_at=int(now) + expires_after if expires_after else None))
 
 
-async def delete_blob(conn: asyncpg.Connection, file_id: str) -> None:
-    await conn.execute("DELETE FROM file_blobs WHERE file_id = $1", file_id)
+async def delete_file(conn: asyncpg.Connection, project: str, file_id: str) -> None:
+    async with conn.transaction():
+        view = await projections.lock_own_file(conn, file_id, project)
+        if view is None:
+            raise NotFound(file_id)
+        event = ev.FileDeleted(file_id=file_id, at=time.time())
+        await store.append(conn, store.file_stream(file_id), view.version, [event])
+        await projections.save_file(conn, projections.evolve_file(view, event))
+        # The bytes go unless a batch that has not finished still reads them (the last such
+        # batch drops them when it ends).
+        if view.purpose != "batch" or not await input_in_use(conn, project, file_id):
+            await blobs.delete_blob(conn, file_id)
+
+
+async def input_in_use(conn: asyncpg.Connection, project: str, file_id: str, but: str | None = None) -> bool:
+    """Does a batch of the project that has not finished (other than `but`) read this file?"""
+    return any(b.input_file_id == file_id for b in await projections.unfinished_batches_of_project(conn, project, but))
+
+
+async def free_input_if_unused(conn: asyncpg.Connection, state) -> None:
+    """An input file deleted while its batch ran kept its bytes for it; they go when the last
+    batch reading it ends."""
+    if await projections.file_deleted(conn, state.input_file_id) \
+            and not await input_in_use(conn, state.project, state.input_file_id, but=state.id):
+        await blobs.delete_blob(conn, state.input_file_id)

@@ -10,8 +10,9 @@ from typing import Iterable
 
 import asyncpg
 
-from .batch import TERMINAL
+from .batch import OPEN, STATUSES
 from .projections import decode_batch
+from .sql import Q
 
 
 def _labels(names: tuple[str, ...], values: tuple) -> str:
@@ -74,21 +75,16 @@ HTTP_REQUESTS = Counter("eventbatch_http_requests_total", "API requests by metho
                         ("method", "route", "status"))
 LOCAL = (EVENTS_APPENDED, REQUESTS, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY, HTTP_REQUESTS)
 
-STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
-
-
 async def render(conn: asyncpg.Connection) -> str:
     lines: list[str] = []
     for m in LOCAL:
         lines.extend(m.render())
-    counts = {r["status"]: r["n"] for r in await conn.fetch(
-        "SELECT status, count(*) AS n FROM batch_view GROUP BY status")}
+    counts = {r["status"]: r["n"] for r in await conn.fetch(Q.batch_view_count_by_status)}
     lines.append("# HELP eventbatch_batches Batches by status (all tenants).")
     lines.append("# TYPE eventbatch_batches gauge")
     lines.extend(f'eventbatch_batches{{status="{s}"}} {counts.get(s, 0)}' for s in STATUSES)
     waiting = 0
-    for (doc,) in await conn.fetch(
-            "SELECT doc FROM batch_view WHERE status <> ALL($1::text[])", list(TERMINAL)):
+    for (doc,) in await conn.fetch(Q.batch_view_docs_with_status, sorted(OPEN)):
         rc = decode_batch(doc).request_counts
         waiting += rc.total - rc.completed - rc.failed
     lines.append("# HELP eventbatch_requests_waiting Requests of unfinished batches without an outcome yet.")

@@ -6,6 +6,7 @@ terminal outcome is stream 'batch-<id>/<index>' at version 1.
 Ordering: every append that touches a batch first locks that batch's view row (see
 projections.lock_batch), so the events of one batch are assigned positions in commit order and
 a reader that follows one batch by position (replay, the SSE feed) never skips one.
+The statements are in sql/events.sql.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import asyncpg
 
 from . import events as ev
 from .metrics import EVENTS_APPENDED
+from .sql import Q
 
 
 class StreamConflict(Exception):
     """Another writer appended to the stream first; retry on fresh state."""
+
+
+class NotFound(Exception):
+    """No such batch or file (for the caller's project)."""
 
 
 def batch_stream(batch_id: str) -> str:
@@ -30,24 +36,7 @@ def file_stream(file_id: str) -> str:
     return f"file-{file_id}"
 
 
-INSERT_EVENTS = """
-INSERT INTO events (stream, version, type, data, batch_id)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[], $5::text[])
-RETURNING position
-"""
-
 OUTCOME_COLUMNS = ["stream", "version", "type", "data", "batch_id", "request_index"]
-SELECT_SETTLED = "SELECT request_index FROM events WHERE batch_id = $1 AND request_index = ANY($2::int[])"
-
-SELECT_BATCH_EVENTS = """
-SELECT position, type, data, recorded_at FROM events
-WHERE batch_id = $1 AND position > $2 ORDER BY position LIMIT $3
-"""
-
-SELECT_OUTCOMES_IN_RANGE = """
-SELECT request_index FROM events
-WHERE batch_id = $1 AND request_index >= $2 AND request_index < $3
-"""
 
 
 async def append(conn: asyncpg.Connection, stream: str, expected_version: int, events: Sequence[ev.Event],
@@ -58,7 +47,7 @@ async def append(conn: asyncpg.Connection, stream: str, expected_version: int, e
     n = len(events)
     try:
         rows = await conn.fetch(
-            INSERT_EVENTS, [stream] * n, list(range(expected_version + 1, expected_version + n + 1)),
+            Q.event_append, [stream] * n, list(range(expected_version + 1, expected_version + n + 1)),
             [ev.type_tag(e) for e in events], [ev.encode(e) for e in events], [batch_id] * n)
     except asyncpg.UniqueViolationError as exc:
         raise StreamConflict(f"stream {stream} moved past version {expected_version}") from exc
@@ -77,7 +66,7 @@ async def append_outcomes(conn: asyncpg.Connection, batch_id: str,
     COPY rather than INSERT … ON CONFLICT: about twice the events per second."""
     if not outcomes:
         return set()
-    settled = {r[0] for r in await conn.fetch(SELECT_SETTLED, batch_id, [o.index for o in outcomes])}
+    settled = {r[0] for r in await conn.fetch(Q.outcome_settled_among, batch_id, [o.index for o in outcomes])}
     stream = batch_stream(batch_id)
     records = []
     for o in outcomes:
@@ -91,21 +80,30 @@ async def append_outcomes(conn: asyncpg.Connection, batch_id: str,
 
 
 async def settled_indexes(conn: asyncpg.Connection, batch_id: str, start: int, end: int) -> set[int]:
-    return {r[0] for r in await conn.fetch(SELECT_OUTCOMES_IN_RANGE, batch_id, start, end)}
+    return {r[0] for r in await conn.fetch(Q.outcome_settled_in_range, batch_id, start, end)}
 
 
 async def batch_events_page(conn: asyncpg.Connection, batch_id: str, *, after: int, limit: int) -> list[asyncpg.Record]:
     """One page of a batch's events in log order: position, type, data, recorded_at."""
-    return await conn.fetch(SELECT_BATCH_EVENTS, batch_id, after, limit)
+    return await conn.fetch(Q.batch_events_page, batch_id, after, limit)
 
 
 async def read_batch_events(conn: asyncpg.Connection, batch_id: str, *, after: int = 0,
                             page: int = 500) -> AsyncIterator[asyncpg.Record]:
     """Every event of a batch in log order, fetched in pages (bounded memory)."""
     while True:
-        rows = await conn.fetch(SELECT_BATCH_EVENTS, batch_id, after, page)
+        rows = await conn.fetch(Q.batch_events_page, batch_id, after, page)
         for r in rows:
             yield r
         if len(rows) < page:
             return
         after = rows[-1]["position"]
+
+
+async def batch_in_log(conn: asyncpg.Connection, batch_id: str) -> bool:
+    return await conn.fetchval(Q.batch_in_log, batch_id) is not None
+
+
+def iter_outcomes_in_input_order(conn: asyncpg.Connection, batch_id: str, prefetch: int = 100):
+    """Every terminal outcome of a batch (raw event bytes) by request index; inside a transaction."""
+    return conn.cursor(Q.outcome_all_in_input_order, batch_id, prefetch=prefetch)

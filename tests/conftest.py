@@ -246,12 +246,12 @@ def server(start_proc, mock):
 @pytest.fixture(scope="session")
 def new_key(database_url):
     def make(project: str | None = None, db_url: str | None = None) -> str:
-        from eventbatch import commands
+        from eventbatch import api_keys
 
         async def go():
             conn = await asyncpg.connect(db_url or database_url)
             try:
-                return await commands.create_key(conn, project or f"proj-{uuid.uuid4().hex[:8]}")
+                return await api_keys.create_key(conn, project or f"proj-{uuid.uuid4().hex[:8]}")
             finally:
                 await conn.close()
         return run(go())
@@ -296,10 +296,10 @@ def views_equal_a_fresh_fold_after_the_suite(database_url):
     yield
 
     async def check():
-        from eventbatch import projections
+        from eventbatch import rebuild
         conn = await asyncpg.connect(database_url)
         try:
-            return await projections.verify(conn)
+            return await rebuild.verify(conn)
         finally:
             await conn.close()
     folded, diffs = run(check())

@@ -34,7 +34,7 @@ def assert_invariants(client, db, batch_id: str, input_custom_ids: list[str]) ->
     view = projections.decode_batch(db.fetchval("SELECT doc FROM batch_view WHERE id = $1", batch_id))
     assert view == state
     # the files are derived from the log: materialising them again gives the same lines
-    from eventbatch.commands import output_line
+    from eventbatch.worker.finalizer import output_line
     outcomes = sorted((ev.decode(r["data"]) for r in rows if r["request_index"] is not None), key=lambda o: o.index)
     again_out = [json.loads(output_line(batch_id, o)) for o in outcomes if isinstance(o, ev.RequestSucceeded)]
     again_err = [json.loads(output_line(batch_id, o)) for o in outcomes if isinstance(o, ev.RequestFailed)]

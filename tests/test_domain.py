@@ -33,17 +33,27 @@ def test_cancel_of_cancelling_is_a_no_op_and_of_others_a_conflict():
             domain.cancel(state(status), 1500.0)
 
 
+def due(status: str, now: float, all_done: bool, live_leases: int = 0, **kw) -> str | None:
+    """The old settlement() answer, from the new decide: 'finalizing', a closing kind, or None."""
+    d = domain.settle(state(status, **kw), now=now, open_requests=not all_done, live_leases=live_leases,
+                      validation_checked=True)
+    if d.events:
+        assert [type(e) for e in d.events] == [ev.BatchFinalizing]
+        return "finalizing"
+    return d.closing
+
+
 def test_settlement_order():
-    assert domain.settlement(state("cancelling"), 1500.0, False) == "cancelled"
-    assert domain.settlement(state("cancelling"), 5000.0, True) == "cancelled"   # once cancelling, only cancelled
-    assert domain.settlement(state("in_progress"), 1500.0, False) is None
-    assert domain.settlement(state("in_progress"), 1500.0, True) == "finalizing"
-    assert domain.settlement(state("in_progress"), 2000.0, False) == "expired"
+    assert due("cancelling", 1500.0, False) == "cancelled"
+    assert due("cancelling", 5000.0, True) == "cancelled"   # once cancelling, only cancelled
+    assert due("in_progress", 1500.0, False) is None
+    assert due("in_progress", 1500.0, True) == "finalizing"
+    assert due("in_progress", 2000.0, False) == "expired"
     # every request finished in time: the batch completes even if the window passed meanwhile
-    assert domain.settlement(state("in_progress"), 2000.0, True) == "finalizing"
-    assert domain.settlement(state("finalizing"), 9999.0, False) == "completed"
+    assert due("in_progress", 2000.0, True) == "finalizing"
+    assert due("finalizing", 9999.0, False) == "completed"
     for status in domain.TERMINAL:
-        assert domain.settlement(state(status), 9999.0, True) is None
+        assert due(status, 9999.0, True) is None
 
 
 def test_validation_result_is_dropped_unless_validating_or_cancelled_before_it():

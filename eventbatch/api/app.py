@@ -5,42 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Awaitable
 
 import asyncpg
 import structlog
 from aiohttp import web
 
-from .. import commands
-from ..metrics import HTTP_REQUESTS
+from .. import api_keys
 from ..config import Settings
+from ..metrics import HTTP_REQUESTS
+from . import batch_events, batches, files, health
 from .errors import ApiError, error_response
+from .state import KEY_CACHE, POOL, PROJECT, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
 
 log = structlog.get_logger("eventbatch.api")
-
-POOL = web.AppKey("pool", asyncpg.Pool)
-SETTINGS = web.AppKey("settings", Settings)
-TASKS = web.AppKey("tasks", set)
-KEY_CACHE = web.AppKey("key_cache", dict)
-# An upload holds a connection (its transaction) while the client sends; a validation while it
-# reads the file. Bounded, so that slow clients or big files leave the rest of the pool to the API.
-UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
-VALIDATION_SLOTS = web.AppKey("validation_slots", asyncio.Semaphore)
-PROJECT = web.RequestKey("project", str)  # the authenticated project
-
-
-def spawn(app: web.Application, coro: Awaitable) -> None:
-    """Background work of the API process (validation, settling after a cancel)."""
-    task = asyncio.ensure_future(coro)
-    app[TASKS].add(task)
-
-    def done(t: asyncio.Task) -> None:
-        app[TASKS].discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            log.error("background_task_failed", error=repr(t.exception()))
-
-    task.add_done_callback(done)
-
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
@@ -89,7 +66,7 @@ async def auth_middleware(request: web.Request, handler):
     project = cache.get(key)
     if project is None:
         async with request.app[POOL].acquire() as conn:
-            project = await commands.project_for_key(conn, key)
+            project = await api_keys.project_for_key(conn, key)
         if project is None:
             raise ApiError(401, "Incorrect API key provided. Create one with 'eventbatch keys create --project NAME'.",
                            code="invalid_api_key")
@@ -103,8 +80,6 @@ async def auth_middleware(request: web.Request, handler):
 def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database_url: str | None = None,
                pool_size: int = 10) -> web.Application:
     """The API. With `pool`, the caller owns the pool; otherwise it is opened on startup."""
-    from . import batch_events, batches, files, health
-
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=1024 ** 2)
     app[SETTINGS] = settings
     app[TASKS] = set()

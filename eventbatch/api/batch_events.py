@@ -20,7 +20,7 @@ from aiohttp import web
 from .. import projections, store
 from ..batch import TERMINAL
 from . import wire
-from .app import POOL, PROJECT
+from .state import POOL, PROJECT
 from .errors import bad_request, not_found
 from .paging import parse_limit
 

@@ -7,10 +7,12 @@ import re
 import msgspec
 from aiohttp import web
 
-from .. import commands, projections
+from .. import batches as batch_commands, projections
+from ..worker.finalizer import settle_batch
+from ..worker.validating import validate_batch
 from ..batch import ENDPOINTS, Conflict
 from . import wire
-from .app import POOL, PROJECT, SETTINGS, VALIDATION_SLOTS, spawn
+from .state import POOL, PROJECT, SETTINGS, VALIDATION_SLOTS, spawn
 from .errors import ApiError, bad_request, not_found
 from .paging import parse_limit
 
@@ -95,11 +97,11 @@ async def create_batch(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     async with pool.acquire() as conn:
         try:
-            state = await commands.create_batch(
+            state = await batch_commands.create_batch(
                 conn, project=project, input_file_id=body.input_file_id, endpoint=body.endpoint,
                 completion_window=body.completion_window, metadata=metadata, output_expires_after=expires_after,
                 window_seconds=settings.window_seconds)
-        except commands.BadInputFile as exc:
+        except batch_commands.BadInputFile as exc:
             raise bad_request(str(exc), param="input_file_id") from None
     spawn(request.app, _validate(request.app, state.id))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
@@ -107,7 +109,7 @@ async def create_batch(request: web.Request) -> web.Response:
 
 async def _validate(app: web.Application, batch_id: str) -> None:
     async with app[VALIDATION_SLOTS]:
-        await commands.validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size)
+        await validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size)
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:
@@ -124,16 +126,11 @@ async def list_batches(request: web.Request) -> web.Response:
     limit = parse_limit(request.query, default=20, high=100)
     after = request.query.get("after")
     async with request.app[POOL].acquire() as conn:
-        after_seq = None
-        if after is not None:
-            after_seq = await conn.fetchval("SELECT seq FROM batch_view WHERE id = $1 AND project = $2", after, project)
-            if after_seq is None:
-                raise bad_request(f"No batch with id '{after}' to list after.", param="after")
-        rows = await conn.fetch(
-            "SELECT doc FROM batch_view WHERE project = $1 AND ($2::bigint IS NULL OR seq < $2)"
-            " ORDER BY seq DESC LIMIT $3", project, after_seq, limit + 1)
-    items = [wire.batch_object(projections.decode_batch(r[0])) for r in rows[:limit]]
-    return web.Response(body=wire.encode(wire.list_object(items, len(rows) > limit)), content_type="application/json")
+        page = await projections.batch_page(conn, project, after, limit + 1)
+    if page is None:
+        raise bad_request(f"No batch with id '{after}' to list after.", param="after")
+    items = [wire.batch_object(b) for b in page[:limit]]
+    return web.Response(body=wire.encode(wire.list_object(items, len(page) > limit)), content_type="application/json")
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
@@ -143,11 +140,11 @@ async def cancel_batch(request: web.Request) -> web.Response:
         if await projections.get_batch(conn, batch_id, request[PROJECT]) is None:
             raise not_found("batch", batch_id)
         try:
-            state = await commands.cancel_batch(conn, batch_id)
+            state = await batch_commands.cancel_batch(conn, batch_id)
         except Conflict as exc:
             raise ApiError(409, str(exc)) from None
     # Settle now if nothing is running; otherwise the workers settle it when they let go.
-    spawn(request.app, commands.settle_batch(pool, batch_id, request.app[SETTINGS].chunk_size))
+    spawn(request.app, settle_batch(pool, batch_id, request.app[SETTINGS].chunk_size))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
 
 

@@ -6,10 +6,11 @@ import time
 
 from aiohttp import BodyPartReader, web
 
-from .. import commands, files as blobs, projections
+from .. import blobs, files as file_commands, projections
+from ..store import NotFound
 from ..validation import MAX_FILE_BYTES
 from . import wire
-from .app import POOL, PROJECT, UPLOAD_SLOTS
+from .state import POOL, PROJECT, UPLOAD_SLOTS
 from .errors import ApiError, bad_request, not_found
 from .paging import parse_limit, parse_choice
 
@@ -43,7 +44,7 @@ async def create_file(request: web.Request) -> web.Response:
                     while chunk := await part.read_chunk(256 * 1024):
                         yield chunk
                 try:
-                    stored = await commands.store_upload(conn, chunks())
+                    stored = await file_commands.store_upload(conn, chunks())
                 except blobs.TooLarge:
                     raise _too_large() from None
             elif part.name:
@@ -61,7 +62,7 @@ async def create_file(request: web.Request) -> web.Response:
         if purpose != "batch":
             raise bad_request(f"Invalid purpose '{purpose}': this server accepts only 'batch' uploads.",
                               param="purpose")
-        view = await commands.record_upload(conn, file_id=stored[0], project=project, filename=filename,
+        view = await file_commands.record_upload(conn, file_id=stored[0], project=project, filename=filename,
                                             purpose=purpose, size=stored[1], expires_after=_expires_after(fields))
     return web.Response(body=wire.encode(wire.file_object(view)), content_type="application/json")
 
@@ -90,21 +91,13 @@ async def list_files(request: web.Request) -> web.Response:
     order = parse_choice(q, "order", ("asc", "desc"), "desc")
     purpose = q.get("purpose")
     async with request.app[POOL].acquire() as conn:
-        after_seq = None
-        if "after" in q:
-            after_seq = await conn.fetchval(
-                "SELECT seq FROM file_view WHERE id = $1 AND project = $2", q["after"], project)
-            if after_seq is None:
-                raise bad_request(f"No file with id '{q['after']}' to list after.", param="after")
-        cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
-        rows = await conn.fetch(
-            f"SELECT doc FROM file_view WHERE project = $1 AND NOT deleted"
-            f" AND ($2::text IS NULL OR purpose = $2) AND ($3::bigint IS NULL OR seq {cmp} $3)"
-            f" ORDER BY seq {direction} LIMIT $4", project, purpose, after_seq, limit + 1)
+        page = await projections.file_page(conn, project, after=q.get("after"), purpose=purpose,
+                                           ascending=order == "asc", limit=limit + 1)
+    if page is None:
+        raise bad_request(f"No file with id '{q['after']}' to list after.", param="after")
     now = time.time()
-    views = [projections.decode_file(r[0]) for r in rows[:limit]]
-    items = [wire.file_object(v) for v in views if not v.expired(now)]
-    return web.Response(body=wire.encode(wire.list_object(items, len(rows) > limit)), content_type="application/json")
+    items = [wire.file_object(v) for v in page[:limit] if not v.expired(now)]
+    return web.Response(body=wire.encode(wire.list_object(items, len(page) > limit)), content_type="application/json")
 
 
 async def _own_file(request: web.Request, conn):
@@ -125,8 +118,8 @@ async def delete_file(request: web.Request) -> web.Response:
     file_id = request.match_info["file_id"]
     async with request.app[POOL].acquire() as conn:
         try:
-            await commands.delete_file(conn, request[PROJECT], file_id)
-        except commands.NotFound:
+            await file_commands.delete_file(conn, request[PROJECT], file_id)
+        except NotFound:
             raise not_found("file", file_id) from None
     return web.Response(body=wire.encode(wire.Deleted(id=file_id, object="file", deleted=True)),
                         content_type="application/json")

@@ -14,8 +14,9 @@ import structlog
 from aiohttp import web
 
 from .. import db, metrics
+from ..sql import Q
 from . import wire
-from .app import POOL
+from .state import POOL
 from .errors import error_response
 
 log = structlog.get_logger("eventbatch.api")
@@ -45,7 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             async with request.app[POOL].acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                await conn.fetchval(Q.database_ping)
                 pending = await db.pending_migrations(conn)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("not_ready", reason="database_unavailable", error=type(exc).__name__)

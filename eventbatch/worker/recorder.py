@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 
 from .. import batch as domain, events as ev, projections, store
+from . import queue
 from ..metrics import REQUESTS
 
 log = structlog.get_logger("eventbatch.worker")
@@ -22,21 +23,6 @@ log = structlog.get_logger("eventbatch.worker")
 FLUSH_EVERY = 0.005      # seconds an outcome may wait for company
 FLUSH_MAX = 1000         # outcomes per transaction
 FLUSH_MAX_BYTES = 32 * 1024 * 1024   # response bodies per transaction, far below Postgres' 1 GB message cap
-
-LOCK_LEASES = """
-SELECT chunk_no, lease_owner, lease_epoch, done FROM work_chunks
-WHERE batch_id = $1 AND chunk_no = ANY($2::int[]) ORDER BY chunk_no FOR UPDATE
-"""
-MARK_DONE = """
-UPDATE work_chunks SET done = true, lease_owner = NULL, lease_expires_at = NULL
-WHERE batch_id = $1 AND chunk_no = ANY($2::int[])
-"""
-RELEASE = """
-UPDATE work_chunks SET lease_owner = NULL, lease_expires_at = NULL
-WHERE batch_id = $1 AND chunk_no = ANY($2::int[]) AND lease_owner = $3
-"""
-ANY_OPEN = "SELECT EXISTS (SELECT 1 FROM work_chunks WHERE batch_id = $1 AND NOT done)"
-
 
 class HeldChunk:
     """A chunk this worker holds a lease on."""
@@ -137,15 +123,14 @@ class Recorder:
             by_batch.setdefault(chunk.batch_id, [])
         batches_done: list[str] = []
         lost: list[HeldChunk] = []
-        recorded = {"completed": 0, "failed": 0}
+        recorded = {"completed": 0, "failed": 0}   # metric labels, as request_counts names them
         decrements: dict[HeldChunk, int] = defaultdict(int)
         async with self.pool.acquire() as conn, conn.transaction():
             for batch_id in sorted(by_batch):
                 items = by_batch[batch_id]
                 chunks = {c for c, _ in items} | {c for c in finished + releases if c.batch_id == batch_id}
                 state = await projections.lock_batch(conn, batch_id)
-                leases = {r["chunk_no"]: r for r in await conn.fetch(
-                    LOCK_LEASES, batch_id, sorted({c.chunk_no for c in chunks}))}
+                leases = await queue.lock_leases(conn, batch_id, [c.chunk_no for c in {*chunks}])
                 held = set()
                 for c in chunks:
                     r = leases.get(c.chunk_no)
@@ -171,12 +156,12 @@ class Recorder:
                 done = [c.chunk_no for c in held if c in finished or c.remaining - decrements[c] == 0 and
                         c.remaining >= 0]
                 if done:
-                    await conn.execute(MARK_DONE, batch_id, done)
-                    if not await conn.fetchval(ANY_OPEN, batch_id):
+                    await queue.mark_done(conn, batch_id, done)
+                    if not await queue.any_open(conn, batch_id):
                         batches_done.append(batch_id)
                 rel = [c.chunk_no for c in releases if c in held and c.chunk_no not in done]
                 if rel:
-                    await conn.execute(RELEASE, batch_id, rel, self.owner)
+                    await queue.release(conn, batch_id, rel, self.owner)
         for c, n in decrements.items():
             c.remaining -= n
             if c.remaining == 0:

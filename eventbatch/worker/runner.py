@@ -18,48 +18,19 @@ import msgspec
 import asyncpg
 import structlog
 
-from .. import batch as domain, commands, events as ev, projections, store
+from .. import batch as domain, events as ev, projections, store
 from ..config import Settings
 from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
-from . import upstream
+from . import queue, upstream
+from .finalizer import settle_batch
 from .providers import Provider, load_providers, provider_for
 from .recorder import HeldChunk, Recorder
+from .sweeper import Sweeper
 
 log = structlog.get_logger("eventbatch.worker")
 
 CHANNEL = "eventbatch"
 POLL_INTERVAL = 0.5
-SELECT_OPEN_BATCHES = ("SELECT id, status FROM batch_view "
-                       "WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')")
-
-CLAIM_CHUNKS = """
-WITH c AS (
-    SELECT w.batch_id, w.chunk_no FROM work_chunks w JOIN batch_view b ON b.id = w.batch_id
-    WHERE NOT w.done AND b.status = 'in_progress'
-      AND (w.lease_expires_at IS NULL OR w.lease_expires_at < now())
-    ORDER BY b.seq, w.chunk_no
-    LIMIT $2
-    FOR UPDATE OF w SKIP LOCKED
-)
-UPDATE work_chunks w
-SET lease_owner = $1, lease_epoch = w.lease_epoch + 1, lease_expires_at = now() + make_interval(secs => $3)
-FROM c WHERE w.batch_id = c.batch_id AND w.chunk_no = c.chunk_no
-RETURNING w.batch_id, w.chunk_no, w.first_index, w.count, w.byte_start, w.byte_end, w.lease_epoch
-"""
-HEARTBEAT = """
-WITH mine AS (
-    SELECT w.batch_id, w.chunk_no FROM work_chunks w
-    JOIN unnest($3::text[], $4::int[], $5::int[]) AS h(batch_id, chunk_no, epoch)
-      ON w.batch_id = h.batch_id AND w.chunk_no = h.chunk_no AND w.lease_epoch = h.epoch
-    WHERE w.lease_owner = $1 AND NOT w.done
-    ORDER BY w.batch_id, w.chunk_no
-    FOR UPDATE OF w
-)
-UPDATE work_chunks w SET lease_expires_at = now() + make_interval(secs => $2)
-FROM mine WHERE w.batch_id = mine.batch_id AND w.chunk_no = mine.chunk_no
-RETURNING w.batch_id, w.chunk_no, w.lease_epoch
-"""
-BATCH_STATUSES = "SELECT id, status FROM batch_view WHERE id = ANY($1::text[])"
 
 
 def _count_attempt(status: int | None, duration_ms: int) -> None:
@@ -85,8 +56,9 @@ class BatchRun:
         return self.active and time.time() < self.expires_at
 
     def stop_reason(self) -> str | None:
-        if self.stopped_by is None and time.time() >= self.expires_at:
-            return "expired"
+        """'cancelled', 'expired', 'ended' or None: what the worker saw, or the worker's clock."""
+        if self.stopped_by is None:
+            return domain.stop_reason(domain.RUNNABLE_STATUS, self.expires_at, time.time())
         return self.stopped_by
 
 
@@ -104,6 +76,7 @@ class Worker:
         self.max_chunks = 256
         self.held: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
+        self.sweeper = Sweeper(pool, settings.chunk_size)
         self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
                                  on_chunk_finished=self._chunk_finished, on_flushed=self._maybe_claim)
         self._stop = asyncio.Event()
@@ -184,26 +157,16 @@ class Worker:
             if wake is not None:
                 wake.clear()
 
-    # --- sweeping ----------------------------------------------------------------------------
+    # --- due work ----------------------------------------------------------------------------
 
     async def _sweep_loop(self) -> None:
         await self._every(self.sweep_interval, self.sweep)
 
     async def sweep(self) -> None:
-        """Validate what waits for validation and settle what is due (expiry, cancellation,
-        completion, a finalization a dead worker left). Safe in several workers at once."""
-        for r in await self.pool.fetch(SELECT_OPEN_BATCHES):
-            try:
-                if r["status"] == "validating":
-                    await commands.validate_batch(self.pool, r["id"], self.settings.chunk_size)
-                await commands.settle_batch(self.pool, r["id"], self.settings.chunk_size)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sweep_batch_failed", batch_id=r["id"])
+        await self.sweeper.sweep()
 
     def _batch_done(self, batch_id: str) -> None:
-        self._spawn(commands.settle_batch(self.pool, batch_id, self.settings.chunk_size))
+        self._spawn(settle_batch(self.pool, batch_id, self.settings.chunk_size))
 
     # --- claiming ----------------------------------------------------------------------------
 
@@ -217,7 +180,7 @@ class Worker:
                 return
             room = min(self.max_chunks - len(self.held),
                        max(1, math.ceil((self.want_requests - open_requests) / self.settings.chunk_size)))
-            rows = await self.pool.fetch(CLAIM_CHUNKS, self.owner, room, self.settings.lease_seconds)
+            rows = await queue.claim(self.pool, self.owner, room, self.settings.lease_seconds)
             if not rows:
                 return
             chunks = [HeldChunk(row) for row in rows]
@@ -274,8 +237,8 @@ class Worker:
     async def _run_chunk(self, chunk: HeldChunk, run: BatchRun) -> None:
         try:
             async with self.pool.acquire() as conn:
-                lines = await commands.read_chunk(conn, run.input_file_id, chunk.byte_start, chunk.byte_end,
-                                                  chunk.count)
+                lines = await queue.read_chunk(conn, run.input_file_id, chunk.byte_start, chunk.byte_end,
+                                               chunk.count)
                 settled = await store.settled_indexes(conn, run.id, chunk.first_index,
                                                       chunk.first_index + chunk.count)
             todo = [(chunk.first_index + i, line) for i, line in enumerate(lines)
@@ -329,11 +292,9 @@ class Worker:
         into the log with its batch_cancelled / batch_expired outcome. Stopped for any other
         reason (lease lost, shutdown), it stays open for the next lease holder."""
         reason = run.stop_reason()
-        if not attempts or reason is None or chunk.lost:
+        if not attempts or reason not in ("cancelled", "expired") or chunk.lost:
             return
-        code, message = domain.unfinished_error(reason)
-        self.recorder.add(chunk, ev.RequestFailed(index=index, custom_id=custom_id, attempts=list(attempts),
-                                                  error_code=code, error_message=message))
+        self.recorder.add(chunk, domain.unfinished_outcome(reason, index, custom_id, attempts))
 
     # --- leases and cancellation -------------------------------------------------------------
 
@@ -344,9 +305,8 @@ class Worker:
         held = list(self.held.values())
         if not held:
             return
-        rows = await self.pool.fetch(HEARTBEAT, self.owner, self.settings.lease_seconds,
-                                     [c.batch_id for c in held], [c.chunk_no for c in held], [c.epoch for c in held])
-        alive = {(r["batch_id"], r["chunk_no"]): r["lease_epoch"] for r in rows}
+        alive = await queue.heartbeat(self.pool, self.owner, self.settings.lease_seconds,
+                                      [c.batch_id for c in held], [c.chunk_no for c in held], [c.epoch for c in held])
         # Judge only the chunks this heartbeat asked about: one claimed while it ran is not lost.
         for chunk in held:
             key = (chunk.batch_id, chunk.chunk_no)
@@ -364,14 +324,15 @@ class Worker:
         if not batch_ids:
             return
         now = time.time()
-        statuses = {r["id"]: r["status"] for r in await self.pool.fetch(BATCH_STATUSES, list(batch_ids))}
+        statuses = await projections.batch_statuses(self.pool, list(batch_ids))
         for batch_id in batch_ids:
             run = self.runs.get(batch_id)
             status = statuses.get(batch_id)
-            if status != "in_progress" or (run is not None and now >= run.expires_at):
+            reason = domain.stop_reason(status, run.expires_at if run is not None else None, now)
+            if reason is not None:
                 if run is not None:
                     run.active = False
-                    run.stopped_by = "cancelled" if status == "cancelling" else run.stop_reason()
+                    run.stopped_by = reason
                 log.info("batch_stopping_requests", batch_id=batch_id, status=status)
                 chunks = [c for c in self.held.values() if c.batch_id == batch_id]
                 for chunk in chunks:
@@ -385,4 +346,4 @@ class Worker:
 
     async def _settle_after_release(self, batch_id: str) -> None:
         await self.recorder.drain()
-        await commands.settle_batch(self.pool, batch_id, self.settings.chunk_size)
+        await settle_batch(self.pool, batch_id, self.settings.chunk_size)

@@ -1,0 +1,168 @@
+"""`eventbatch projections rebuild [--verify]`: every view recomputed from the log alone.
+
+The fold is the one the inline projection uses (batch.evolve, projections.evolve_file): a
+rebuilt view cannot differ from a live one by a rule written twice."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import asyncpg
+import msgspec
+
+from . import events as ev
+from .batch import BatchState, evolve
+from .projections import FileView, decode_batch, decode_file, evolve_file
+from . import db
+from .config import Settings
+from .sql import Q
+
+
+
+class _OutcomeLite(msgspec.Struct):
+    """What a view needs of a request outcome: the rebuild skips decoding response bodies."""
+    usage: ev.Usage = ev.Usage()
+
+
+_outcome_dec = msgspec.json.Decoder(_OutcomeLite)
+_enc = msgspec.json.Encoder()
+_OUTCOME_TYPES = {"request_succeeded", "request_failed"}
+
+
+def _lite_outcome(etype: str, data: bytes) -> ev.Event:
+    if etype == "request_succeeded":
+        return ev.RequestSucceeded(index=-1, custom_id="", status_code=200, body=ev.NULL, attempts=[],
+                                   usage=_outcome_dec.decode(data).usage)
+    return ev.RequestFailed(index=-1, custom_id="")
+
+
+class Folded(msgspec.Struct):
+    batches: dict[str, tuple[int, BatchState]]
+    files: dict[str, tuple[int, FileView]]
+    events: int
+
+
+async def fold_log(conn: asyncpg.Connection, progress: Callable[[int, int], None] | None = None) -> Folded:
+    """Fold every event of the log, in position order, into fresh views (must run inside a
+    transaction: it reads with a cursor)."""
+    total = await conn.fetchval(Q.event_count)
+    batches: dict[str, tuple[int, BatchState]] = {}
+    files: dict[str, tuple[int, FileView]] = {}
+    n = 0
+    async for pos, stream, etype, data in conn.cursor(Q.event_all_in_order, prefetch=1000):
+        n += 1
+        if etype in _OUTCOME_TYPES:
+            # The same evolve as the inline projection, fed an outcome without its response
+            # body: the view needs the outcome's kind and usage, not the bytes.
+            batch_id = stream[len("batch-"):stream.rindex("/")]
+            seq, state = batches[batch_id]
+            batches[batch_id] = (seq, evolve(state, _lite_outcome(etype, data)))
+        elif stream.startswith("batch-"):
+            batch_id = stream[len("batch-"):]
+            seq, state = batches.get(batch_id, (pos, None))
+            batches[batch_id] = (seq, evolve(state, ev.decode(data)))
+        elif stream.startswith("file-"):
+            file_id = stream[len("file-"):]
+            seq, view = files.get(file_id, (pos, None))
+            files[file_id] = (seq, evolve_file(view, ev.decode(data)))
+        # other categories (none yet) have no views
+        if progress and n % 10000 == 0:
+            progress(n, total)
+    if progress:
+        progress(n, total)
+    return Folded(batches=batches, files=files, events=n)
+
+
+def _batch_row(seq: int, s: BatchState) -> tuple:
+    return (s.id, s.project, seq, s.status, s.version, _enc.encode(s))
+
+
+def _file_row(seq: int, f: FileView) -> tuple:
+    return (f.id, f.project, seq, f.purpose, f.deleted, f.version, _enc.encode(f))
+
+
+async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
+    """Replace every view with a fresh fold of the log, in one transaction.
+
+    EXCLUSIVE locks let readers go on reading the old views while appends (which all write a
+    view row) wait; the new views appear atomically at commit, and no event can slip in between
+    the fold and the swap."""
+    async with conn.transaction():
+        await conn.execute(Q.view_lock_for_rebuild)
+        folded = await fold_log(conn, progress)
+        await conn.execute(Q.batch_view_delete_all)
+        await conn.execute(Q.file_view_delete_all)
+        await conn.copy_records_to_table(
+            "batch_view", records=[_batch_row(seq, s) for seq, s in folded.batches.values()],
+            columns=["id", "project", "seq", "status", "version", "doc"])
+        await conn.copy_records_to_table(
+            "file_view", records=[_file_row(seq, f) for seq, f in folded.files.values()],
+            columns=["id", "project", "seq", "purpose", "deleted", "version", "doc"])
+    return folded
+
+
+async def verify(conn: asyncpg.Connection, progress=None) -> tuple[Folded, list[str]]:
+    """Fold the log and compare with the live views in one snapshot; returns the differences."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        folded = await fold_log(conn, progress)
+        live_b = {r["id"]: r for r in await conn.fetch(Q.batch_view_all)}
+        live_f = {r["id"]: r for r in await conn.fetch(Q.file_view_all)}
+    diffs: list[str] = []
+    for kind, fresh, live, row_of, dec in (
+            ("batch", folded.batches, live_b, _batch_row, decode_batch),
+            ("file", folded.files, live_f, _file_row, decode_file)):
+        for id_ in sorted(fresh.keys() - live.keys()):
+            diffs.append(f"{kind} {id_}: in the log but missing from the view")
+        for id_ in sorted(live.keys() - fresh.keys()):
+            diffs.append(f"{kind} {id_}: in the view but not in the log")
+        for id_ in sorted(fresh.keys() & live.keys()):
+            seq, obj = fresh[id_]
+            want = row_of(seq, obj)
+            got = tuple(live[id_])
+            if want[:-1] != got[:-1] or dec(got[-1]) != obj:
+                live_obj = msgspec.to_builtins(dec(got[-1]))
+                fresh_obj = msgspec.to_builtins(obj)
+                fields = sorted(k for k in fresh_obj if fresh_obj.get(k) != live_obj.get(k))
+                detail = ", ".join(f"{k}: view={live_obj.get(k)!r} log={fresh_obj.get(k)!r}" for k in fields)
+                diffs.append(f"{kind} {id_}: differs ({detail or 'index columns'})")
+    return folded, diffs
+
+
+# --- the command ---------------------------------------------------------------------------
+
+class _Progress:
+    """A progress line on stderr: events folded, out of how many, rate."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        pct = 100.0 * done / total if total else 100.0
+        width = 30
+        bar = "#" * int(width * pct / 100)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\rfolding events [{bar:<{width}}] {done}/{total} ({pct:5.1f}%) {rate:,.0f} events/s{end}")
+        sys.stderr.flush()
+
+
+async def rebuild_command(settings: Settings, *, verify_only: bool) -> int:
+    pool = await db.open_database(settings, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            if verify_only:
+                folded, diffs = await verify(conn, _Progress())
+                for d in diffs:
+                    print(d)
+                print(f"verified {len(folded.batches)} batch view(s) and {len(folded.files)} file view(s) "
+                      f"against {folded.events} events: "
+                      + (f"{len(diffs)} difference(s)." if diffs else "no differences."))
+                return 1 if diffs else 0
+            folded = await rebuild(conn, _Progress())
+            print(f"rebuilt {len(folded.batches)} batch view(s) and {len(folded.files)} file view(s) "
+                  f"from {folded.events} events.")
+    finally:
+        await pool.close()
+    return 0

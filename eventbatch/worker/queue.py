@@ -1,0 +1,67 @@
+"""The work queue: claim chunks with a lease, renew it, fence stale holders, release or finish.
+
+The statements, and the protocol in prose, are on one page: eventbatch/sql/queue.sql. This
+module gives them names a caller can read; it decides nothing about batches (the domain does).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from .. import blobs
+from ..batch import RUNNABLE
+from ..sql import Q
+from ..validation import iter_chunk_lines
+
+_RUNNABLE = sorted(RUNNABLE)
+
+
+async def claim(conn, owner: str, chunks: int, lease_seconds: float) -> list[asyncpg.Record]:
+    """Lease up to `chunks` open chunks of running batches (skipping any another worker holds)."""
+    return await conn.fetch(Q.chunk_claim, owner, chunks, lease_seconds, _RUNNABLE)
+
+
+async def heartbeat(conn, owner: str, lease_seconds: float, batch_ids: list[str], chunk_nos: list[int],
+                    epochs: list[int]) -> dict[tuple[str, int], int]:
+    """Renew the leases still held at the claimed epochs; returns {(batch_id, chunk_no): epoch}."""
+    rows = await conn.fetch(Q.lease_heartbeat, owner, lease_seconds, batch_ids, chunk_nos, epochs)
+    return {(r["batch_id"], r["chunk_no"]): r["lease_epoch"] for r in rows}
+
+
+async def lock_leases(conn, batch_id: str, chunk_nos: list[int]) -> dict[int, asyncpg.Record]:
+    """The fence: lock the lease rows a recording transaction writes for."""
+    return {r["chunk_no"]: r for r in await conn.fetch(Q.lease_lock, batch_id, sorted(chunk_nos))}
+
+
+async def mark_done(conn, batch_id: str, chunk_nos: list[int]) -> None:
+    await conn.execute(Q.chunk_mark_done, batch_id, chunk_nos)
+
+
+async def release(conn, batch_id: str, chunk_nos: list[int], owner: str) -> None:
+    await conn.execute(Q.lease_release, batch_id, chunk_nos, owner)
+
+
+async def any_open(conn, batch_id: str) -> bool:
+    return await conn.fetchval(Q.chunk_any_open, batch_id)
+
+
+async def live_leases(conn, batch_id: str) -> int:
+    return await conn.fetchval(Q.lease_count_live, batch_id)
+
+
+async def open_chunks(conn, batch_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(Q.chunk_list_open, batch_id)
+
+
+async def close_all(conn, batch_id: str) -> None:
+    """At the batch's end: every chunk done, every stale lease holder fenced off."""
+    await conn.execute(Q.chunk_close_all, batch_id)
+
+
+async def read_chunk(conn, file_id: str, start: int, end: int, count: int) -> list:
+    """The request lines of a chunk; an error, never an empty list, when the bytes are missing."""
+    lines = list(iter_chunk_lines(await blobs.read_range(conn, file_id, start, end)))
+    if len(lines) != count:
+        raise RuntimeError(f"input file {file_id}: bytes {start}-{end} hold {len(lines)} requests, "
+                           f"expected {count}; the stored file is damaged")
+    return lines
