@@ -29,6 +29,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
+_DATABASE_URLS: list[str] = []   # the session's database, once a test asked for it
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
     url = os.environ.get("EVENTBATCH_DATABASE_URL")
@@ -54,6 +57,7 @@ def database_url(tmp_path_factory):
         server._postmaster_info = None
         server.ensure_postgres_running()
         url = server.get_uri()
+    _DATABASE_URLS.append(url)
     yield url
     if server is not None:
         server.cleanup()
@@ -291,9 +295,13 @@ def wait_status(client: openai.OpenAI, batch_id: str, statuses: set[str], timeou
 
 
 @pytest.fixture(scope="session", autouse=True)
-def views_equal_a_fresh_fold_after_the_suite(database_url):
-    """After every test has run, each view equals a fresh fold of the log (SPEC §6, invariant 4)."""
+def views_equal_a_fresh_fold_after_the_suite():
+    """After every test has run, each view equals a fresh fold of the log (SPEC §6, invariant 4).
+    Only when some test used the database: tests/unit runs with none reachable."""
     yield
+    if not _DATABASE_URLS:
+        return
+    database_url = _DATABASE_URLS[0]
 
     async def check():
         from eventbatch import rebuild
@@ -304,3 +312,11 @@ def views_equal_a_fresh_fold_after_the_suite(database_url):
             await conn.close()
     folded, diffs = run(check())
     assert not diffs, "views differ from the log:\n" + "\n".join(diffs[:50])
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/e2e starts processes: every test there is `slow` (deselect with -m 'not slow')."""
+    e2e = Path(__file__).resolve().parent / "e2e"
+    for item in items:
+        if e2e in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.slow)

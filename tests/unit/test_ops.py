@@ -16,7 +16,7 @@ from eventbatch.api.app import create_app
 from eventbatch.cli import _parser
 from eventbatch.config import SETTING_NAMES, load_settings
 
-OPS = Path(__file__).resolve().parent.parent / "ops"
+OPS = Path(__file__).resolve().parents[2] / "ops"
 
 
 def parses(argv: list[str]) -> None:
