@@ -13,9 +13,10 @@ from aiohttp import web
 from .. import api_keys
 from ..config import Settings
 from ..metrics import HTTP_REQUESTS
+from ..worker.providers import configured_model_check
 from . import batch_events, batches, files, health
 from .errors import ApiError, error_response
-from .state import KEY_CACHE, POOL, PROJECT, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
+from .state import KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
 
 log = structlog.get_logger("eventbatch.api")
 
@@ -86,6 +87,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
     app[KEY_CACHE] = {}
     app[UPLOAD_SLOTS] = asyncio.Semaphore(max(1, pool_size // 4))
     app[VALIDATION_SLOTS] = asyncio.Semaphore(2)
+    app[SERVES_MODEL] = configured_model_check(settings)   # a bad provider config fails here, at start
 
     async def pool_ctx(app: web.Application):
         if pool is not None:

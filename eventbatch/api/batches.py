@@ -12,7 +12,7 @@ from ..worker.finalizer import settle_batch
 from ..worker.validating import validate_batch
 from ..batch import ENDPOINTS, Conflict
 from . import wire
-from .state import POOL, PROJECT, SETTINGS, VALIDATION_SLOTS, spawn
+from .state import POOL, PROJECT, SERVES_MODEL, SETTINGS, VALIDATION_SLOTS, spawn
 from .errors import ApiError, bad_request, not_found
 from .paging import parse_limit
 
@@ -109,7 +109,7 @@ async def create_batch(request: web.Request) -> web.Response:
 
 async def _validate(app: web.Application, batch_id: str) -> None:
     async with app[VALIDATION_SLOTS]:
-        await validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size)
+        await validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size, serves_model=app[SERVES_MODEL])
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:

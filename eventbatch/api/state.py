@@ -6,7 +6,7 @@ handler modules (which read this state) do not import each other."""
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -24,6 +24,8 @@ KEY_CACHE = web.AppKey("key_cache", dict)
 # reads the file. Bounded, so that slow clients or big files leave the rest of the pool to the API.
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 VALIDATION_SLOTS = web.AppKey("validation_slots", asyncio.Semaphore)
+# Whether a configured provider serves a model (providers.model_check); None: every model is.
+SERVES_MODEL = web.AppKey("serves_model", Callable[[str], bool] | None)
 PROJECT = web.RequestKey("project", str)  # the authenticated project
 
 

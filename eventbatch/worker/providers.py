@@ -56,7 +56,9 @@ def _check_url(url: str, where: str) -> str:
     return url.rstrip("/")
 
 
-def load_providers(settings: Settings, env: Mapping[str, str] | None = None) -> list[Provider]:
+def load_providers(settings: Settings, env: Mapping[str, str] | None = None, *, keys: bool = True) -> list[Provider]:
+    """The providers the settings name. keys=False leaves their keys unread (api_key None): for a
+    process that only needs to know which models they serve."""
     env = os.environ if env is None else env
     providers: list[Provider] = []
     if settings.config_path is not None:
@@ -77,7 +79,7 @@ def load_providers(settings: Settings, env: Mapping[str, str] | None = None) -> 
                 raise SettingsError(f"{where}: provider name {p.name!r} is used twice; names must be unique.")
             names.add(p.name)
             key = None
-            if p.api_key_env:
+            if p.api_key_env and keys:
                 key = env.get(p.api_key_env)
                 if not key:
                     raise SettingsError(f"{where}: provider {p.name!r} reads its key from ${p.api_key_env}, "
@@ -114,3 +116,12 @@ def model_check(providers: list[Provider]) -> Callable[[str], bool] | None:
         return None
     served = frozenset(m for p in providers for m in p.models or ())
     return served.__contains__
+
+
+def configured_model_check(settings: Settings) -> Callable[[str], bool] | None:
+    """model_check of the providers the settings name, for the API process: it validates files
+    but never calls a provider, so their keys are not read. None when no provider is configured
+    in this process (an api-only process may run without): then no model is refused here."""
+    if settings.config_path is None and settings.upstream_url is None:
+        return None
+    return model_check(load_providers(settings, keys=False))

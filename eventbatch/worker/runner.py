@@ -23,7 +23,7 @@ from ..config import Settings
 from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from . import queue, upstream
 from .finalizer import settle_batch
-from .providers import Provider, load_providers, provider_for
+from .providers import Provider, load_providers, model_check, provider_for
 from .recorder import HeldChunk, Recorder
 from .sweeper import Sweeper
 
@@ -76,7 +76,7 @@ class Worker:
         self.max_chunks = 256
         self.held: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
-        self.sweeper = Sweeper(pool, settings.chunk_size)
+        self.sweeper = Sweeper(pool, settings.chunk_size, model_check(self.providers))
         self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
                                  on_chunk_finished=self._chunk_finished, on_flushed=self._maybe_claim)
         self._stop = asyncio.Event()

@@ -5,6 +5,7 @@ validation takes an advisory lock, settling locks the batch's view row."""
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import asyncpg
 import structlog
@@ -20,15 +21,15 @@ _OPEN = sorted(domain.OPEN)
 
 
 class Sweeper:
-    def __init__(self, pool: asyncpg.Pool, chunk_size: int):
-        self.pool, self.chunk_size = pool, chunk_size
+    def __init__(self, pool: asyncpg.Pool, chunk_size: int, serves_model: Callable[[str], bool] | None = None):
+        self.pool, self.chunk_size, self.serves_model = pool, chunk_size, serves_model
 
     async def sweep(self) -> None:
         """One pass over the open batches."""
         for r in await self.pool.fetch(Q.batch_view_with_status, _OPEN):
             try:
                 if r["status"] == domain.VALIDATING:
-                    await validate_batch(self.pool, r["id"], self.chunk_size)
+                    await validate_batch(self.pool, r["id"], self.chunk_size, serves_model=self.serves_model)
                 await settle_batch(self.pool, r["id"], self.chunk_size)
             except asyncio.CancelledError:
                 raise

@@ -5,6 +5,7 @@ Due work of any process (the sweeper finds it; the API starts it right after a c
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import asyncpg
 import structlog
@@ -18,17 +19,21 @@ log = structlog.get_logger("eventbatch")
 
 
 async def validate_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int, *,
+                         serves_model: Callable[[str], bool] | None = None,
                          settle: bool = True) -> BatchState | None:
     """Validate the input file of a `validating` batch and record the outcome. Safe to call
-    from several processes: an advisory lock lets one of them work, the others get None."""
-    state = await _validate(pool, batch_id, chunk_size)
+    from several processes: an advisory lock lets one of them work, the others get None.
+    `serves_model` (providers.model_check) says whether a configured provider serves the file's
+    model (None: every model is served)."""
+    state = await _validate(pool, batch_id, chunk_size, serves_model)
     if settle and state is not None and state.status == "cancelling":
         from .finalizer import settle_batch   # the finalizer validates first too: a cycle by design
         state = await settle_batch(pool, batch_id, chunk_size)
     return state
 
 
-async def _validate(pool: asyncpg.Pool, batch_id: str, chunk_size: int) -> BatchState | None:
+async def _validate(pool: asyncpg.Pool, batch_id: str, chunk_size: int,
+                    serves_model: Callable[[str], bool] | None) -> BatchState | None:
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(Q.batch_validation_try_lock, batch_id):
             return None
@@ -36,7 +41,7 @@ async def _validate(pool: asyncpg.Pool, batch_id: str, chunk_size: int) -> Batch
         if state is None or not domain.may_validate(state):
             return state
         t0 = time.perf_counter()
-        validator = Validator(state.endpoint, chunk_size=chunk_size)
+        validator = Validator(state.endpoint, chunk_size=chunk_size, serves_model=serves_model)
         async for piece in blobs.iter_pieces(conn, state.input_file_id):
             validator.feed(piece)
         result = validator.finish()

@@ -7,7 +7,9 @@ import json
 import time
 
 
-from conftest import chat_line, jsonl, wait_status
+import openai
+
+from conftest import chat_line, jsonl, start_mock, start_server, wait_status
 
 
 def create(client, data: bytes, endpoint="/v1/chat/completions"):
@@ -94,3 +96,27 @@ def test_valid_50000_line_file_of_100mb(client, db):
     print(f"\n[validate] 50,000 lines, {len(data) / 1e6:.1f} MB: upload+create+validate "
           f"{time.perf_counter() - t0:.2f}s wall (see test_validation.py for the validator's CPU figure)")
     client.batches.cancel(b.id)
+
+
+def test_a_model_no_provider_serves_fails_the_batch_with_model_not_found(start_proc, new_key, fresh_db, tmp_path):
+    # One provider that serves one model, and no provider for every model: a file naming another
+    # model fails at validation (on the API, or on the worker's sweep; both check) instead of
+    # every request failing at run time.
+    iso = fresh_db()                      # only this test's processes validate its batches
+    mock = start_mock(start_proc)
+    cfg = tmp_path / "providers.toml"
+    cfg.write_text(f'[[providers]]\nname = "only"\nbase_url = "{mock.base_url}"\nmodels = ["served-model"]\n')
+    srv = start_server(start_proc, mock.base_url, EVENTBATCH_CONFIG=str(cfg), EVENTBATCH_UPSTREAM_URL="",
+                       db_url=iso.url)
+    client = openai.OpenAI(base_url=srv.base_url, api_key=new_key(db_url=iso.url), max_retries=0, timeout=60)
+
+    lines = ["{broken"] + [chat_line(i, model="other-model") for i in range(1, 5)]
+    b = wait_status(client, create(client, jsonl(lines)).id, {"failed", "in_progress", "completed"})
+    assert b.status == "failed" and b.failed_at is not None
+    assert [(e.code, e.param, e.line) for e in b.errors.data] == [
+        ("model_not_found", "body.model", 2), ("invalid_json_line", None, 1)]
+    assert '"other-model"' in b.errors.data[0].message
+
+    ok = wait_status(client, create(client, jsonl([chat_line(i, model="served-model") for i in range(3)])).id,
+                     {"failed", "completed"})
+    assert ok.status == "completed" and ok.request_counts.completed == 3, ok.errors

@@ -174,6 +174,21 @@ def test_the_providers_model_check_agrees_with_provider_for():
     assert model_check([Provider(name="default", base_url="http://127.0.0.1:7/v1")]) is None
 
 
+def test_the_api_reads_the_models_of_its_providers_but_not_their_keys(tmp_path):
+    from eventbatch.config import SettingsError, load_settings
+    from eventbatch.worker.providers import configured_model_check, load_providers
+    cfg = tmp_path / "providers.toml"
+    cfg.write_text('[[providers]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                   'api_key_env = "EB_TEST_UNSET_KEY"\nmodels = ["m1"]\n')
+    settings = load_settings({"EVENTBATCH_CONFIG": str(cfg)})
+    with pytest.raises(SettingsError):
+        load_providers(settings, env={})                # a worker needs the key
+    check = configured_model_check(settings)            # the API does not
+    assert check is not None and check("m1") and not check("m2")
+    assert configured_model_check(load_settings({})) is None                     # nothing configured here
+    assert configured_model_check(load_settings({"EVENTBATCH_UPSTREAM_URL": "http://127.0.0.1:9/v1"})) is None
+
+
 def test_model_not_found_survives_the_error_cap():
     from eventbatch.validation import MAX_REPORTED_ERRORS
     data = b"\n".join([good("a", CHAT, model="gone")] + [b"nope"] * (MAX_REPORTED_ERRORS + 10))
