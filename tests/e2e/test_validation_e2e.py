@@ -6,7 +6,6 @@ import io
 import json
 import time
 
-
 import openai
 
 from conftest import chat_line, jsonl, start_mock, start_server, wait_status
