@@ -29,9 +29,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-_DATABASE_URLS: list[str] = []   # the session's database, once a test asked for it
-
-
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
     url = os.environ.get("EVENTBATCH_DATABASE_URL")
@@ -57,10 +54,27 @@ def database_url(tmp_path_factory):
         server._postmaster_info = None
         server.ensure_postgres_running()
         url = server.get_uri()
-    _DATABASE_URLS.append(url)
     yield url
-    if server is not None:
-        server.cleanup()
+    try:
+        _views_equal_a_fresh_fold(url)
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _views_equal_a_fresh_fold(database_url: str) -> None:
+    """After every test has run, each view equals a fresh fold of the log (SPEC §6, invariant 4).
+    Checked in the teardown of the session's database, before an embedded server is removed;
+    tests/unit asks for no database, so it is not checked there."""
+    async def check():
+        from eventbatch import rebuild
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await rebuild.verify(conn)
+        finally:
+            await conn.close()
+    folded, diffs = run(check())
+    assert not diffs, "views differ from the log:\n" + "\n".join(diffs[:50])
 
 
 class DB:
@@ -292,26 +306,6 @@ def wait_status(client: openai.OpenAI, batch_id: str, statuses: set[str], timeou
         if time.time() > deadline:
             raise AssertionError(f"batch {batch_id} still {b.status} after {timeout}s, wanted {statuses}")
         time.sleep(0.1)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def views_equal_a_fresh_fold_after_the_suite():
-    """After every test has run, each view equals a fresh fold of the log (SPEC §6, invariant 4).
-    Only when some test used the database: tests/unit runs with none reachable."""
-    yield
-    if not _DATABASE_URLS:
-        return
-    database_url = _DATABASE_URLS[0]
-
-    async def check():
-        from eventbatch import rebuild
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await rebuild.verify(conn)
-        finally:
-            await conn.close()
-    folded, diffs = run(check())
-    assert not diffs, "views differ from the log:\n" + "\n".join(diffs[:50])
 
 
 def pytest_collection_modifyitems(config, items):
