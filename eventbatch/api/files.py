@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from aiohttp import BodyPartReader, web
+from aiohttp.helpers import content_disposition_header
 
 from .. import blobs, files as file_commands, projections
 from ..store import NotFound
@@ -131,7 +132,11 @@ async def file_content(request: web.Request) -> web.StreamResponse:
         view = await _own_file(request, conn)
     response = web.StreamResponse(headers={
         "Content-Type": "application/jsonl" if view.filename.endswith(".jsonl") else "application/octet-stream",
-        "Content-Disposition": f'attachment; filename="{view.filename}"'})
+        # The helper percent-escapes the name: a quote cannot add a parameter, a CR or LF cannot
+        # end the header (which made every download of such a file a 500).
+        "Content-Disposition": content_disposition_header("attachment", filename=view.filename),
+        # The bytes are the user's own: a browser must not guess them into HTML or script.
+        "X-Content-Type-Options": "nosniff"})
     response.content_length = view.bytes
     await response.prepare(request)
     # The pool, not one connection: each query borrows a connection for a few pieces, so a slow
