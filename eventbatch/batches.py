@@ -73,7 +73,7 @@ async def create_batch(conn: asyncpg.Connection, *, project: str, input_file_id:
         # keeps the bytes the batch reads), instead of removing them under it.
         f = await projections.share_own_file(conn, input_file_id, project)
         if f is None or f.expired(now):
-            raise BadInputFile(f"No file with id '{input_file_id}' found. Upload it with purpose 'batch' first.")
+            raise BadInputFile(f"No file found with id '{input_file_id}'. Upload it with purpose 'batch' first.")
         if f.purpose != "batch":
             raise BadInputFile(f"File '{f.id}' has purpose '{f.purpose}'; a batch needs a file uploaded with "
                                "purpose 'batch'.")

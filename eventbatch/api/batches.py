@@ -13,7 +13,7 @@ from ..worker.validating import validate_batch
 from ..batch import ENDPOINTS, Conflict
 from . import wire
 from .state import POOL, PROJECT, SERVES_MODEL, SETTINGS, VALIDATION_SLOTS, spawn
-from .errors import ApiError, bad_request, not_found
+from .errors import ApiError, bad_request, invalid_value, not_found
 from .paging import parse_limit
 
 
@@ -80,10 +80,9 @@ async def create_batch(request: web.Request) -> web.Response:
     body: CreateBatchBody = await decode_json(request, _create_decoder)
     project = request[PROJECT]
     if body.endpoint not in ENDPOINTS:
-        raise bad_request(f"Invalid endpoint '{body.endpoint}'. Supported: {', '.join(ENDPOINTS)}.", param="endpoint")
+        raise invalid_value("endpoint", body.endpoint, ENDPOINTS)
     if body.completion_window != "24h":
-        raise bad_request(f"Invalid completion_window '{body.completion_window}'. Only '24h' is supported.",
-                          param="completion_window")
+        raise invalid_value("completion_window", body.completion_window, ("24h",))
     metadata = check_metadata(body.metadata)
     expires_after = None
     if body.output_expires_after is not None:

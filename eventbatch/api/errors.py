@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import msgspec
 from aiohttp import web
 
@@ -46,7 +48,19 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ApiError(400, message, param=param, code=code)
 
 
+def invalid_value(param: str, value: str, supported: Sequence[str]) -> ApiError:
+    """A value outside an enumeration, in OpenAI's words ("Invalid value: 'x'. Supported values
+    are: 'a', 'b', and 'c'.") and with its code."""
+    quoted = [f"'{s}'" for s in supported]
+    listed = (quoted[0] if len(quoted) == 1 else " and ".join(quoted) if len(quoted) == 2
+              else ", ".join(quoted[:-1]) + ", and " + quoted[-1])
+    shown = value if len(value) <= 100 else value[:100] + "…"
+    return ApiError(400, f"Invalid value: '{shown}'. Supported values are: {listed}.", param=param,
+                    code="invalid_value")
+
+
 def not_found(kind: str, id_: str) -> ApiError:
-    # One answer for an id of another project, a deleted one and one that never existed.
-    return ApiError(404, f"No {kind} with id '{id_}' found.", param="id" if kind == "batch" else "file_id",
+    # One answer for an id of another project, a deleted one and one that never existed; the
+    # words are OpenAI's ("No batch found with id 'batch_…'.").
+    return ApiError(404, f"No {kind} found with id '{id_}'.", param="id" if kind == "batch" else "file_id",
                     code=None)

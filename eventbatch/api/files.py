@@ -12,7 +12,7 @@ from ..store import NotFound
 from ..validation import MAX_FILE_BYTES
 from . import wire
 from .state import POOL, PROJECT, UPLOAD_SLOTS
-from .errors import ApiError, bad_request, not_found
+from .errors import ApiError, bad_request, invalid_value, not_found
 from .paging import parse_limit, parse_choice
 
 MULTIPART_SLACK = 64 * 1024  # room for the multipart envelope around a file at the size limit
@@ -60,9 +60,8 @@ async def create_file(request: web.Request) -> web.Response:
         purpose = fields.get("purpose")
         if purpose is None:
             raise bad_request("Missing required parameter: 'purpose'.", param="purpose")
-        if purpose != "batch":
-            raise bad_request(f"Invalid purpose '{purpose}': this server accepts only 'batch' uploads.",
-                              param="purpose")
+        if purpose != "batch":      # the only purpose of an upload here (batch_output is ours)
+            raise invalid_value("purpose", purpose, ("batch",))
         view = await file_commands.record_upload(conn, file_id=stored[0], project=project, filename=filename,
                                             purpose=purpose, size=stored[1], expires_after=_expires_after(fields))
     return web.Response(body=wire.encode(wire.file_object(view)), content_type="application/json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .errors import bad_request
+from .errors import bad_request, invalid_value
 
 
 def parse_limit(q: Mapping[str, str], *, default: int, high: int) -> int:
@@ -23,5 +23,5 @@ def parse_limit(q: Mapping[str, str], *, default: int, high: int) -> int:
 def parse_choice(q: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = q.get(name, default)
     if value not in choices:
-        raise bad_request(f"{name} must be one of {', '.join(choices)}; got '{value}'.", param=name)
+        raise invalid_value(name, value, choices)
     return value

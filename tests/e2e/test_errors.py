@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.error
 import urllib.request
 
+import openai
 import pytest
+
+from conftest import chat_line, jsonl
 
 
 def call(server, key, method, path, body=None, headers=None):
@@ -161,3 +165,66 @@ def test_stalled_uploads_do_not_starve_the_api(server, new_key):
     finally:
         for s in socks:
             s.close()
+
+
+# --- OpenAI's codes and words, through the official client ------------------------------------
+
+ALL_ENDPOINTS = ("'/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/v1/responses', "
+                 "'/v1/moderations', '/v1/images/generations', '/v1/images/edits', and '/v1/videos'")
+
+
+def _upload(client) -> str:
+    return client.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch").id
+
+
+@pytest.mark.parametrize("kwargs,param,message", [
+    (dict(endpoint="/v1/images/variations"), "endpoint",
+     f"Invalid value: '/v1/images/variations'. Supported values are: {ALL_ENDPOINTS}."),
+    (dict(completion_window="48h"), "completion_window", "Invalid value: '48h'. Supported values are: '24h'."),
+])
+def test_a_bad_enumeration_at_create_is_invalid_value(client, kwargs, param, message):
+    args = dict(input_file_id=_upload(client), endpoint="/v1/chat/completions", completion_window="24h") | kwargs
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(**args)
+    assert (e.value.status_code, e.value.code, e.value.param) == (400, "invalid_value", param)
+    assert e.value.body["message"] == message and e.value.type == "invalid_request_error"
+
+
+def test_a_bad_purpose_or_order_is_invalid_value(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="fine-tune")
+    assert (e.value.code, e.value.param) == ("invalid_value", "purpose")
+    assert e.value.body["message"] == "Invalid value: 'fine-tune'. Supported values are: 'batch'."
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.list(order="sideways")   # type: ignore[arg-type]
+    assert (e.value.code, e.value.param) == ("invalid_value", "order")
+    assert e.value.body["message"] == "Invalid value: 'sideways'. Supported values are: 'asc' and 'desc'."
+
+
+@pytest.mark.parametrize("endpoint,body", [
+    ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "a red fox"}),
+    ("/v1/images/edits", {"model": "gpt-image-1", "prompt": "add a hat", "image": "https://example.invalid/a.png"}),
+    ("/v1/videos", {"model": "sora-2", "prompt": "a red fox running"}),
+])
+def test_the_new_endpoints_are_accepted(client, endpoint, body):
+    line = {"custom_id": "r1", "method": "POST", "url": endpoint, "body": body}
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl([line]))), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="24h")   # type: ignore[arg-type]
+    assert b.endpoint == endpoint and b.status == "validating"
+    client.batches.cancel(b.id)
+
+
+def test_a_404_says_what_was_not_found_and_names_the_id(client):
+    for call, message in [
+        (lambda: client.batches.retrieve("batch_nope"), "No batch found with id 'batch_nope'."),
+        (lambda: client.batches.cancel("batch_nope"), "No batch found with id 'batch_nope'."),
+        (lambda: client.files.retrieve("file-nope"), "No file found with id 'file-nope'."),
+        (lambda: client.files.content("file-nope"), "No file found with id 'file-nope'."),
+        (lambda: client.files.delete("file-nope"), "No file found with id 'file-nope'."),
+    ]:
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.body["message"] == message and e.value.code is None
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+    assert e.value.param == "input_file_id" and e.value.body["message"].startswith("No file found with id 'file-nope'.")
