@@ -134,6 +134,11 @@ def evolve(state: BatchState | None, event: ev.Event) -> BatchState:
     return s
 
 
+def counted_as(outcome: ev.RequestSucceeded | ev.RequestFailed) -> str:
+    """The request_counts field a request's outcome adds to (SPEC §3: output line or error line)."""
+    return "completed" if isinstance(outcome, ev.RequestSucceeded) else "failed"
+
+
 def fold(state: BatchState | None, events: list[ev.Event]) -> BatchState:
     for e in events:
         state = evolve(state, e)
@@ -230,6 +235,7 @@ def may_validate(state: BatchState) -> bool:
     return state.status in ("validating", "cancelling") and not validated(state)
 
 
+CUT_SHORT = frozenset({"cancelled", "expired"})   # endings that give unfinished requests an outcome
 _CLOSING = {"cancelled": ev.BatchCancelled, "expired": ev.BatchExpired, "completed": ev.BatchCompleted}
 _CLOSES_FROM = {"cancelled": {"cancelling"}, "expired": {"in_progress"}, "completed": {"finalizing"}}
 

@@ -127,7 +127,7 @@ async def follow_batch(request: web.Request, batch_id: str, after: int) -> web.S
         reason = "client_gone"
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         # The headers are sent: no error envelope is possible. The client resumes with Last-Event-ID.
-        reason = "failed"
+        reason = "database_error"
         log.warning("batch_events_stream_failed", batch_id=batch_id, last=last, error=type(exc).__name__)
     log.info("batch_events_stream_closed", batch_id=batch_id, reason=reason, events_sent=sent, last=last)
     return response

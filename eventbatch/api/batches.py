@@ -109,6 +109,8 @@ async def create_batch(request: web.Request) -> web.Response:
 async def _validate(app: web.Application, batch_id: str) -> None:
     async with app[VALIDATION_SLOTS]:
         await validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size, serves_model=app[SERVES_MODEL])
+    # Cancelled while it validated: the cancel's own settle found a validation running and left it.
+    await settle_batch(app[POOL], batch_id, app[SETTINGS].chunk_size)
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:

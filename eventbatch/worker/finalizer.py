@@ -15,6 +15,7 @@ import structlog
 from .. import batch as domain, batches, blobs, events as ev, files, ids, projections, store
 from ..batch import BatchState
 from . import queue
+from .validating import validate_batch
 
 log = structlog.get_logger("eventbatch")
 
@@ -69,9 +70,8 @@ async def settle_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int = 256)
         due = await _decide(conn, state)
         checked = False
         if due.validate_first:
-            from .validating import validate_batch
             # None: a validation is running now, and it settles the batch when it is done.
-            if await validate_batch(pool, batch_id, chunk_size, settle=False) is None:
+            if await validate_batch(pool, batch_id, chunk_size) is None:
                 return state
             checked = True
         elif due.nothing:
@@ -99,7 +99,7 @@ async def settle_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int = 256)
 async def _close(conn: asyncpg.Connection, state: BatchState, kind: str) -> BatchState:
     """In the caller's transaction, with the batch locked: outcomes for every unfinished request,
     the output files, the closing events; the work queue closed; freed input bytes."""
-    if kind != "completed":
+    if kind in domain.CUT_SHORT:
         state = await _settle_unfinished(conn, state, kind)
     output_file_id, error_file_id = await _write_outputs(conn, state)
     state = await batches.append(conn, state, domain.closing_events(

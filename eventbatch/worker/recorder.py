@@ -123,7 +123,7 @@ class Recorder:
             by_batch.setdefault(chunk.batch_id, [])
         batches_done: list[str] = []
         lost: list[HeldChunk] = []
-        recorded = {"completed": 0, "failed": 0}   # metric labels, as request_counts names them
+        recorded: dict[str, int] = defaultdict(int)   # by request_counts field: the metric's label
         decrements: dict[HeldChunk, int] = defaultdict(int)
         async with self.pool.acquire() as conn, conn.transaction():
             for batch_id in sorted(by_batch):
@@ -149,7 +149,7 @@ class Recorder:
                         state = domain.fold(state, new)
                         await projections.save_batch(conn, state)
                         for o in new:
-                            recorded["completed" if isinstance(o, ev.RequestSucceeded) else "failed"] += 1
+                            recorded[domain.counted_as(o)] += 1
                 for c, _ in items:
                     if c in held:
                         decrements[c] += 1

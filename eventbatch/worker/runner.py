@@ -292,7 +292,7 @@ class Worker:
         into the log with its batch_cancelled / batch_expired outcome. Stopped for any other
         reason (lease lost, shutdown), it stays open for the next lease holder."""
         reason = run.stop_reason()
-        if not attempts or reason not in ("cancelled", "expired") or chunk.lost:
+        if not attempts or reason not in domain.CUT_SHORT or chunk.lost:
             return
         self.recorder.add(chunk, domain.unfinished_outcome(reason, index, custom_id, attempts))
 

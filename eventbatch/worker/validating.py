@@ -19,17 +19,13 @@ log = structlog.get_logger("eventbatch")
 
 
 async def validate_batch(pool: asyncpg.Pool, batch_id: str, chunk_size: int, *,
-                         serves_model: Callable[[str], bool] | None = None,
-                         settle: bool = True) -> BatchState | None:
+                         serves_model: Callable[[str], bool] | None = None) -> BatchState | None:
     """Validate the input file of a `validating` batch and record the outcome. Safe to call
     from several processes: an advisory lock lets one of them work, the others get None.
     `serves_model` (providers.model_check) says whether a configured provider serves the file's
-    model (None: every model is served)."""
-    state = await _validate(pool, batch_id, chunk_size, serves_model)
-    if settle and state is not None and state.status == "cancelling":
-        from .finalizer import settle_batch   # the finalizer validates first too: a cycle by design
-        state = await settle_batch(pool, batch_id, chunk_size)
-    return state
+    model (None: every model is served). A batch cancelled meanwhile is settled by the caller
+    (settle_batch after it), not here."""
+    return await _validate(pool, batch_id, chunk_size, serves_model)
 
 
 async def _validate(pool: asyncpg.Pool, batch_id: str, chunk_size: int,
