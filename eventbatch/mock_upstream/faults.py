@@ -87,13 +87,15 @@ class BadControl(ValueError):
 class Plan:
     """How to answer one request: an extra delay, then a forced status, a hang, or the real answer."""
 
-    __slots__ = ("status", "latency_ms", "retry_after_ms", "hang")
+    __slots__ = ("status", "latency_ms", "retry_after_ms", "hang", "echo_key")
 
-    def __init__(self, status: int | None, latency_ms: float, retry_after_ms: int | None, hang: bool) -> None:
+    def __init__(self, status: int | None, latency_ms: float, retry_after_ms: int | None, hang: bool,
+                 echo_key: bool = False) -> None:
         self.status = status
         self.latency_ms = latency_ms
         self.retry_after_ms = retry_after_ms
         self.hang = hang
+        self.echo_key = echo_key
 
 
 def plan_for(body: dict, digest: bytes, settings: MockSettings, ledger: MockLedger) -> Plan:
@@ -123,6 +125,9 @@ def _requested(control: object, digest: bytes, settings: MockSettings, ledger: M
         {"latency_ms": 500}             extra delay for this request
         {"hang": true}                  never answer; held until the client goes away
         {"status": 429, "retry_after_ms": 1500}   429 with a chosen retry delay
+        {"echo_key": true}              answer normally, but echo the caller's bearer key in
+                                        `x-request-id` and, JSON-escaped, in the body (as a
+                                        careless provider might): the gateway must scrub it
     """
     if not isinstance(control, dict):
         raise BadControl("`mock` must be an object.")
@@ -151,4 +156,4 @@ def _requested(control: object, digest: bytes, settings: MockSettings, ledger: M
     chosen_retry = control.get("retry_after_ms")
     if isinstance(chosen_retry, int):
         retry_after_ms = chosen_retry
-    return Plan(forced, latency_ms, retry_after_ms, False)
+    return Plan(forced, latency_ms, retry_after_ms, False, bool(control.get("echo_key")))

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from . import answers
-from .envelopes import decode, error_response, forced, invalid, json_response, rate_limited
+from .envelopes import decode, encode, error_response, forced, invalid, json_response, rate_limited
 from .faults import BadControl, plan_for
 from .ledger import CLIENT_GONE, MockLedger
 from .state import LEDGER, PROVIDER, SETTINGS, STOPPING
@@ -88,7 +88,26 @@ async def _respond(request: web.Request, ledger: MockLedger, raw: bytes, digest:
         payload = answer(body, model)
     except answers.SHAPE_ERRORS as exc:
         return invalid(f"The request body has an unexpected shape: {exc}")
+    if plan.echo_key:
+        return _echoing_key(payload, request.headers.get("Authorization"))
     return json_response(200, payload)
+
+
+def _escaped(text: str, every: int, hex_format: str = "04x") -> bytes:
+    """`text` as a JSON string with every `every`-th character written as a \\u escape (a valid
+    JSON spelling of the same string that a byte-for-byte search does not find)."""
+    return b'"' + "".join(f"\\u{ord(c):{hex_format}}" if i % every == 0 else c for i, c in enumerate(text)).encode() + b'"'
+
+
+def _echoing_key(payload: dict, authorization: str | None) -> web.Response:
+    """The answer with the caller's key in `x-request-id` and twice in the body, JSON-escaped:
+    once with only its first character escaped, once with every character."""
+    key = (authorization or "").removeprefix("Bearer ")
+    raw = encode({**payload, "echo_first": "@1", "echo_all": "@2"})
+    raw = raw.replace(b'"@1"', _escaped(key, len(key) + 1)).replace(b'"@2"', _escaped(key, 1, "04X"))
+    response = json_response(200, None, {"x-request-id": "req_" + key})
+    response.body = raw
+    return response
 
 
 async def _hang(request: web.Request) -> web.Response:

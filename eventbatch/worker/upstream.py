@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import random
+import re
 import time
 
 import aiohttp
@@ -115,11 +117,42 @@ class Outcome(msgspec.Struct):
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+REDACTED = b"[redacted]"
+
+
+@functools.lru_cache(maxsize=64)
+def _key_pattern(key: str) -> re.Pattern[bytes]:
+    """The key as JSON may spell it: each character as itself or as a \\u escape (hex in either
+    case), '/' also as '\\/'. A provider that echoes the key may escape any of its characters."""
+    parts = []
+    for ch in key:
+        spellings = [re.escape(ch.encode())]
+        if ord(ch) < 0x10000:
+            hex_digits = b"".join(b"[%s%s]" % (d.lower().encode(), d.upper().encode()) if d.isalpha() else d.encode()
+                                  for d in f"{ord(ch):04x}")
+            spellings.append(rb"\\u" + hex_digits)
+        if ch == "/":
+            spellings.append(rb"\\/")
+        parts.append(b"(?:" + b"|".join(spellings) + b")")
+    return re.compile(b"".join(parts))
+
+
 def _scrub(body: bytes, key: str | None) -> bytes:
-    # An upstream error may echo the key it was sent; it must never reach a file or an event.
-    if key and key.encode() in body:
-        body = body.replace(key.encode(), b"[redacted]")
-    return body
+    """The bytes with every spelling of the key replaced: an upstream answer may echo the key it
+    was sent, and it must never reach a file or an event."""
+    if not key:
+        return body
+    raw = key.encode()
+    if raw not in body and b"\\" not in body:   # the common case: no key and no escapes at all
+        return body
+    return _key_pattern(key).sub(REDACTED, body)
+
+
+def _scrub_text(text: str | None, key: str | None) -> str | None:
+    """A header value kept from the answer (x-request-id), scrubbed the same way."""
+    if text is None or not key:
+        return text
+    return _scrub(text.encode("utf-8", "surrogateescape"), key).decode("utf-8", "replace")
 
 
 async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: asyncio.Semaphore, url: str,
@@ -154,7 +187,7 @@ async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: as
                     if len(data) > MAX_RESPONSE_BYTES or not r.content.at_eof():
                         raise ResponseTooLarge()
                     status = r.status
-                    request_id = r.headers.get("x-request-id")
+                    request_id = _scrub_text(r.headers.get("x-request-id"), provider.api_key)
                     if status == 429 or status >= 500:
                         wait = retry_after(r.headers)
             except ResponseTooLarge:
