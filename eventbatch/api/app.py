@@ -15,6 +15,7 @@ from ..config import Settings
 from ..metrics import HTTP_REQUESTS
 from ..worker.providers import configured_model_check
 from . import batch_events, batches, files, health
+from .idempotency import idempotency_middleware
 from .errors import ApiError, error_response
 from .state import KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
 
@@ -81,7 +82,7 @@ async def auth_middleware(request: web.Request, handler):
 def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database_url: str | None = None,
                pool_size: int = 10) -> web.Application:
     """The API. With `pool`, the caller owns the pool; otherwise it is opened on startup."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=1024 ** 2)
+    app = web.Application(middlewares=[errors_middleware, auth_middleware, idempotency_middleware], client_max_size=1024 ** 2)
     app[SETTINGS] = settings
     app[TASKS] = set()
     app[KEY_CACHE] = {}

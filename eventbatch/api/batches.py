@@ -12,7 +12,7 @@ from ..worker.finalizer import settle_batch
 from ..worker.validating import validate_batch
 from ..batch import ENDPOINTS, Conflict
 from . import wire
-from .state import POOL, PROJECT, SERVES_MODEL, SETTINGS, VALIDATION_SLOTS, spawn
+from .state import POOL, PROJECT, SERVES_MODEL, SETTINGS, VALIDATION_SLOTS, connection, spawn_after_commit
 from .errors import ApiError, bad_request, invalid_value, not_found
 from .paging import parse_limit
 
@@ -93,8 +93,7 @@ async def create_batch(request: web.Request) -> web.Response:
                               param="output_expires_after.seconds")
         expires_after = body.output_expires_after.seconds
     settings = request.app[SETTINGS]
-    pool = request.app[POOL]
-    async with pool.acquire() as conn:
+    async with connection(request) as conn:
         try:
             state = await batch_commands.create_batch(
                 conn, project=project, input_file_id=body.input_file_id, endpoint=body.endpoint,
@@ -102,7 +101,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 window_seconds=settings.window_seconds)
         except batch_commands.BadInputFile as exc:
             raise bad_request(str(exc), param="input_file_id") from None
-    spawn(request.app, _validate(request.app, state.id))
+    spawn_after_commit(request, lambda: _validate(request.app, state.id))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
 
 
@@ -137,7 +136,7 @@ async def list_batches(request: web.Request) -> web.Response:
 async def cancel_batch(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
     pool = request.app[POOL]
-    async with pool.acquire() as conn:
+    async with connection(request) as conn:
         if await projections.get_batch(conn, batch_id, request[PROJECT]) is None:
             raise not_found("batch", batch_id)
         try:
@@ -145,7 +144,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
         except Conflict as exc:
             raise ApiError(409, str(exc)) from None
     # Settle now if nothing is running; otherwise the workers settle it when they let go.
-    spawn(request.app, settle_batch(pool, batch_id, request.app[SETTINGS].chunk_size))
+    spawn_after_commit(request, lambda: settle_batch(pool, batch_id, request.app[SETTINGS].chunk_size))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
 
 

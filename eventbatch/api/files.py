@@ -11,7 +11,8 @@ from .. import blobs, files as file_commands, projections
 from ..store import NotFound
 from ..validation import MAX_FILE_BYTES
 from . import wire
-from .state import POOL, PROJECT, UPLOAD_SLOTS
+from .idempotency import multipart
+from .state import POOL, PROJECT, UPLOAD_SLOTS, connection
 from .errors import ApiError, bad_request, invalid_value, not_found
 from .paging import parse_limit, parse_choice
 
@@ -28,10 +29,10 @@ async def create_file(request: web.Request) -> web.Response:
         raise _too_large()
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload a file as multipart/form-data with fields 'file' and 'purpose'.", param="file")
-    reader = await request.multipart()
+    reader = await multipart(request)   # hashes the parts when the request has an Idempotency-Key
     fields: dict[str, str] = {}
     project = request[PROJECT]
-    async with request.app[UPLOAD_SLOTS], request.app[POOL].acquire() as conn, conn.transaction():
+    async with request.app[UPLOAD_SLOTS], connection(request) as conn, conn.transaction():
         stored = None
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):

@@ -1,0 +1,168 @@
+"""Idempotency keys (SPEC §12.3), through the official openai client as a user sends them:
+`extra_headers={"Idempotency-Key": ...}` on uploads, creates and cancels."""
+
+from __future__ import annotations
+
+import io
+import threading
+import uuid
+
+import openai
+import pytest
+
+from conftest import chat_line, jsonl, slow_line, wait_status
+
+
+def _client(server, new_key, project: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=new_key(project), max_retries=0, timeout=60)
+
+
+def _key() -> dict:
+    return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+def _upload(client, lines, headers=None):
+    return client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch",
+                               extra_headers=headers or {})
+
+
+def _create(client, file_id, headers=None, **extra):
+    return client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+                                 extra_headers=headers or {}, **extra)
+
+
+def _count(db, view: str, project: str) -> int:
+    """The project's batches, or its uploaded files (not the batches' output files)."""
+    only_uploads = " AND purpose = 'batch'" if view == "file_view" else ""
+    return db.fetchval(f"SELECT count(*) FROM {view} WHERE project = $1{only_uploads}", project)
+
+
+def test_an_upload_sent_again_with_its_key_answers_the_same_file_and_stores_nothing_more(server, new_key, db):
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    key = _key()
+    lines = [chat_line(i) for i in range(3)]
+    first = _upload(client, lines, key)
+    blobs_before = db.fetchval("SELECT count(*) FROM file_blobs")
+    # The client picks a new multipart boundary for every send: the same upload still matches.
+    again = client.files.with_raw_response.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch",
+                                                  extra_headers=key)
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.parse().id == first.id and again.parse().bytes == first.bytes
+    assert _count(db, "file_view", project) == 1
+    assert db.fetchval("SELECT count(*) FROM file_blobs") == blobs_before
+    assert client.files.content(first.id).read() == jsonl(lines)
+    # Without a key, the same upload is a new file.
+    assert _upload(client, lines).id != first.id
+
+
+def test_a_create_sent_again_with_its_key_answers_the_same_batch_and_creates_nothing_more(server, new_key, db):
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    f = _upload(client, [chat_line(i) for i in range(2)])
+    key = _key()
+    first = _create(client, f.id, key, metadata={"run": "1"})
+    again = _create(client, f.id, key, metadata={"run": "1"})
+    assert again.id == first.id and again.created_at == first.created_at
+    assert _count(db, "batch_view", project) == 1
+    assert wait_status(client, first.id, {"completed"}).request_counts.completed == 2
+    assert _create(client, f.id, key, metadata={"run": "1"}).id == first.id   # still, once it has run
+    assert _count(db, "batch_view", project) == 1
+
+
+def test_concurrent_creates_with_one_key_make_exactly_one_batch(server, new_key, db):
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    f = _upload(client, [chat_line(0)])
+    key = _key()
+    n = 6
+    start = threading.Barrier(n)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def create():
+        try:
+            start.wait()
+            ids.append(_create(client, f.id, key).id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(ids) == n and len(set(ids)) == 1
+    assert _count(db, "batch_view", project) == 1
+    wait_status(client, ids[0], {"completed"})
+
+
+def test_a_key_reused_with_another_request_is_409_idempotency_key_reused(server, new_key, db):
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    f = _upload(client, [chat_line(0)])
+    key = _key()
+    first = _create(client, f.id, key, metadata={"run": "1"})
+    with pytest.raises(openai.ConflictError) as caught:
+        _create(client, f.id, key, metadata={"run": "2"})
+    assert caught.value.status_code == 409 and caught.value.code == "idempotency_key_reused"
+    assert "different request" in caught.value.message
+    # and on another route with the same key: also another request
+    with pytest.raises(openai.ConflictError) as caught:
+        _upload(client, [chat_line(0)], key)
+    assert caught.value.code == "idempotency_key_reused"
+    # an upload's key with other bytes
+    upload_key = _key()
+    _upload(client, [chat_line(0)], upload_key)
+    with pytest.raises(openai.ConflictError) as caught:
+        _upload(client, [chat_line(1)], upload_key)
+    assert caught.value.code == "idempotency_key_reused"
+    assert _count(db, "batch_view", project) == 1 and _count(db, "file_view", project) == 2
+    assert client.batches.retrieve(first.id).metadata == {"run": "1"}
+
+
+def test_another_projects_same_key_is_its_own(server, new_key, db):
+    a = _client(server, new_key, f"idem-a-{uuid.uuid4().hex[:8]}")
+    b = _client(server, new_key, f"idem-b-{uuid.uuid4().hex[:8]}")
+    key = _key()
+    fa, fb = _upload(a, [chat_line(0)], key), _upload(b, [chat_line(0)], key)
+    assert fa.id != fb.id
+    key = _key()
+    ba, bb = _create(a, fa.id, key), _create(b, fb.id, key)   # different bodies: no 409 across projects
+    assert ba.id != bb.id
+    assert a.batches.retrieve(ba.id).input_file_id == fa.id
+    with pytest.raises(openai.NotFoundError):
+        b.batches.retrieve(ba.id)
+
+
+def test_a_cancel_sent_again_with_its_key_answers_the_first_response(server, new_key):
+    client = _client(server, new_key, f"idem-{uuid.uuid4().hex[:8]}")
+    b = _create(client, _upload(client, [slow_line(0, 30)]).id)
+    wait_status(client, b.id, {"in_progress"})
+    key = _key()
+    first = client.batches.cancel(b.id, extra_headers=key)
+    assert first.status == "cancelling"
+    wait_status(client, b.id, {"cancelled"})
+    with pytest.raises(openai.ConflictError):   # without the key: the batch is past cancelling
+        client.batches.cancel(b.id)
+    again = client.batches.cancel(b.id, extra_headers=key)
+    assert again.status == "cancelling" and again.cancelling_at == first.cancelling_at
+
+
+def test_a_failed_request_does_not_spend_its_key(server, new_key):
+    client = _client(server, new_key, f"idem-{uuid.uuid4().hex[:8]}")
+    key = _key()
+    with pytest.raises(openai.BadRequestError):
+        _create(client, "file-doesnotexist", key)
+    f = _upload(client, [chat_line(0)])
+    with pytest.raises(openai.BadRequestError):
+        client.files.create(file=("in.jsonl", io.BytesIO(b"x")), purpose="fine-tune", extra_headers=key)
+    assert _create(client, f.id, key).input_file_id == f.id   # the key is free after failures
+
+
+def test_a_malformed_key_is_a_400(server, new_key):
+    client = _client(server, new_key, f"idem-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(openai.BadRequestError) as caught:
+        _upload(client, [chat_line(0)], {"Idempotency-Key": "x" * 300})
+    assert caught.value.code == "invalid_idempotency_key"
