@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import warnings
+from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 
 import asyncpg
@@ -12,7 +15,7 @@ import asyncpg
 from .config import Settings, SettingsError
 from .sql import Q
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^[0-9]{3}_.+\.sql$")
 
 
 def embedded_database_url(data_dir: Path) -> str:
@@ -55,22 +58,41 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
                             "check EVENTBATCH_DATABASE_URL or unset it to use the embedded Postgres.") from None
 
 
-def migration_files() -> list[Path]:
-    return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+def migrations_folder() -> Traversable:
+    """The numbered SQL files. In a source checkout, migrations/ beside the package; installed,
+    the package eventbatch.migrations that the wheel carries (pyproject.toml maps the folder to
+    it). The checkout's own folder comes first: an editable install elsewhere on the path may
+    map eventbatch.migrations to another checkout's folder."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations").is_dir():
+        return checkout / "migrations"
+    return resources.files("eventbatch.migrations")
+
+
+def migration_files() -> list[Traversable]:
+    """In the order they apply; each has .name and .read_text()."""
+    return sorted((f for f in migrations_folder().iterdir() if _MIGRATION_NAME.match(f.name)),
+                  key=lambda f: f.name)
+
+
+async def _applied(conn: asyncpg.Connection) -> set[str]:
+    # Read, never created here: migrations/000 makes the table (a role without CREATE can ask).
+    if not await conn.fetchval(Q.migration_table_exists):
+        return set()
+    return {r["name"] for r in await conn.fetch(Q.migration_applied)}
 
 
 async def migrate(conn: asyncpg.Connection, *, progress=None) -> list[str]:
     """Apply pending migrations, each in its own transaction with its bookkeeping row."""
     await conn.execute(Q.migration_lock)
     try:
-        await conn.execute(Q.migration_table_create)
-        done = {r["name"] for r in await conn.fetch(Q.migration_applied)}
+        done = await _applied(conn)
         applied = []
         for path in migration_files():
             if path.name in done:
                 continue
             async with conn.transaction():
-                await conn.execute(path.read_text())
+                await conn.execute(path.read_text(encoding="utf-8"))
                 await conn.execute(Q.migration_record, path.name)
             applied.append(path.name)
             if progress:
@@ -81,9 +103,15 @@ async def migrate(conn: asyncpg.Connection, *, progress=None) -> list[str]:
 
 
 async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
-    exists = await conn.fetchval(Q.migration_table_exists)
-    done = {r["name"] for r in await conn.fetch(Q.migration_applied)} if exists else set()
+    done = await _applied(conn)
     return [p.name for p in migration_files() if p.name not in done]
+
+
+async def ensure_migrated(conn: asyncpg.Connection) -> None:
+    """At the start of every command but `migrate`: a look at what is pending, and the
+    migrations applied only when something is (a migrated database sees no lock, no DDL)."""
+    if await pending_migrations(conn):
+        await migrate(conn)
 
 
 async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
@@ -91,7 +119,7 @@ async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Po
     url = await asyncio.to_thread(database_url, settings)
     pool = await create_pool(url, min_size=1, max_size=max_size)
     async with pool.acquire() as conn:
-        await migrate(conn)
+        await ensure_migrated(conn)
     return pool
 
 

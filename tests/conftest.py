@@ -143,11 +143,13 @@ def fresh_db(database_url):
 class Proc:
     """An eventbatch process; its log is kept in a file for assertions."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, *,
+                 command: list[str] | None = None, cwd: Path = ROOT):
         self.args, self.log_path = args, log_path
         self.log_file = open(log_path, "wb")
-        self.p = subprocess.Popen([sys.executable, "-m", "eventbatch", *args], cwd=ROOT, env=env,
-                                  stdout=self.log_file, stderr=subprocess.STDOUT)
+        command = command or [sys.executable, "-m", "eventbatch"]   # another install's `eventbatch`
+        self.p = subprocess.Popen([*command, *args], cwd=cwd, env=env, stdout=self.log_file,
+                                  stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         if not self.log_file.closed:

@@ -7,11 +7,8 @@ SELECT pg_advisory_lock(7311450001)
 -- migration_unlock --
 SELECT pg_advisory_unlock(7311450001)
 
--- migration_table_create --
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
-
 -- migration_table_exists --
+-- The table is made by migrations/000_schema_migrations.sql: before that, nothing is applied.
 SELECT to_regclass('schema_migrations') IS NOT NULL
 
 -- migration_applied --
