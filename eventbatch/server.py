@@ -23,6 +23,7 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     from aiohttp import web
 
     from .api.app import create_app
+    from .api.runner import ApiRunner
     from .worker import Worker
 
     url = await asyncio.to_thread(db.database_url, settings)
@@ -37,7 +38,7 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     worker = None
     try:
         if role in ("serve", "api"):
-            runner = web.AppRunner(create_app(settings, pool, pool_size=20), access_log=None, handle_signals=False)
+            runner = ApiRunner(create_app(settings, pool, pool_size=20), access_log=None, handle_signals=False)
             await runner.setup()
             try:
                 await web.TCPSite(runner, host, port).start()

@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import api_keys
 from ..config import Settings
@@ -16,7 +17,7 @@ from ..metrics import HTTP_REQUESTS
 from ..worker.providers import configured_model_check
 from . import batch_events, batches, files, health
 from .idempotency import idempotency_middleware
-from .errors import ApiError, error_response
+from .errors import ApiError, ClientGone, error_response, parse_error_reason
 from .state import KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
 
 log = structlog.get_logger("eventbatch.api")
@@ -25,6 +26,7 @@ log = structlog.get_logger("eventbatch.api")
 async def errors_middleware(request: web.Request, handler):
     request_id = request.headers.get("x-request-id") or "req_" + uuid.uuid4().hex
     start = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         response = await handler(request)
     except ApiError as exc:
@@ -33,9 +35,19 @@ async def errors_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         messages = {404: f"Unknown request URL: {request.method} {request.path}. Check the path and method.",
-                    405: f"Method {request.method} is not allowed on {request.path}.",
+                    405: f"Method {request.method} is not allowed on {request.path}; use "
+                         f"{' or '.join(sorted(getattr(exc, 'allowed_methods', ())))}.",
                     413: "The request body is too large."}
-        response = error_response(exc.status, messages.get(exc.status, exc.reason))
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = error_response(exc.status, messages.get(exc.status, exc.reason), headers=allow)
+    except ClientGone as exc:
+        # Nobody is left to answer: one line, and the metric (as 499, the usual mark of it).
+        HTTP_REQUESTS.inc(request.method, route, 499)
+        log.info(exc.event, method=request.method, route=route, request_id=request_id, **exc.fields)
+        return web.Response(status=499)
+    except HttpProcessingError as exc:
+        # A body aiohttp could not parse (bad chunked encoding, malformed multipart, …).
+        response = error_response(400, f"The request body could not be parsed: {parse_error_reason(exc)}.")
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -43,7 +55,6 @@ async def errors_middleware(request: web.Request, handler):
         response = error_response(500, "The server had an error while processing your request. "
                                        "Retry, and report the x-request-id if it persists.")
     response.headers["x-request-id"] = request_id
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     HTTP_REQUESTS.inc(request.method, route, response.status)
     if route not in QUIET_ROUTES:
         log.info("http_request", method=request.method, route=route, status=response.status,

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .. import projections, store
 from ..batch import TERMINAL
-from . import wire
+from . import params, wire
 from .state import POOL, PROJECT
 from .errors import bad_request, not_found
 from .paging import parse_limit
@@ -67,7 +67,7 @@ def parse_position(raw: str | None, param: str | None) -> int:
 
 
 async def batch_events(request: web.Request) -> web.StreamResponse:
-    batch_id = request.match_info["batch_id"]
+    batch_id = params.path_id(request, "batch_id")
     streaming = "text/event-stream" in request.headers.get("Accept", "")
     # A reconnecting EventSource sends Last-Event-ID and repeats the original URL: the header wins.
     if streaming and "Last-Event-ID" in request.headers:

@@ -11,7 +11,7 @@ from .. import batches as batch_commands, projections
 from ..worker.finalizer import settle_batch
 from ..worker.validating import validate_batch
 from ..batch import ENDPOINTS, Conflict
-from . import wire
+from . import params, wire
 from .state import POOL, PROJECT, SERVES_MODEL, SETTINGS, VALIDATION_SLOTS, connection, spawn_after_commit
 from .errors import ApiError, bad_request, invalid_value, not_found
 from .paging import parse_limit
@@ -70,6 +70,9 @@ def check_metadata(metadata: dict[str, object] | None) -> dict[str, str] | None:
                               param=f"metadata.{k}")
         if not isinstance(v, str):
             raise bad_request(f"metadata values must be strings; '{k}' is not.", param=f"metadata.{k}")
+        if not params.storable(k):
+            raise bad_request("metadata keys must be text without NUL characters.", param="metadata")
+        params.text(v, f"metadata.{k}", f"metadata value '{k}'")
         if len(v) > 512:
             raise bad_request(f"metadata values may be at most 512 characters; '{k}' has {len(v)}.",
                               param=f"metadata.{k}")
@@ -79,6 +82,7 @@ def check_metadata(metadata: dict[str, object] | None) -> dict[str, str] | None:
 async def create_batch(request: web.Request) -> web.Response:
     body: CreateBatchBody = await decode_json(request, _create_decoder)
     project = request[PROJECT]
+    params.text(body.input_file_id, "input_file_id")
     if body.endpoint not in ENDPOINTS:
         raise invalid_value("endpoint", body.endpoint, ENDPOINTS)
     if body.completion_window != "24h":
@@ -113,7 +117,7 @@ async def _validate(app: web.Application, batch_id: str) -> None:
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:
-    batch_id = request.match_info["batch_id"]
+    batch_id = params.path_id(request, "batch_id")
     async with request.app[POOL].acquire() as conn:
         state = await projections.get_batch(conn, batch_id, request[PROJECT])
     if state is None:
@@ -124,7 +128,7 @@ async def retrieve_batch(request: web.Request) -> web.Response:
 async def list_batches(request: web.Request) -> web.Response:
     project = request[PROJECT]
     limit = parse_limit(request.query, default=20, high=100)
-    after = request.query.get("after")
+    after = params.query_text(request.query, "after")
     async with request.app[POOL].acquire() as conn:
         page = await projections.batch_page(conn, project, after, limit + 1)
     if page is None:
@@ -134,7 +138,7 @@ async def list_batches(request: web.Request) -> web.Response:
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    batch_id = request.match_info["batch_id"]
+    batch_id = params.path_id(request, "batch_id")
     pool = request.app[POOL]
     async with connection(request) as conn:
         if await projections.get_batch(conn, batch_id, request[PROJECT]) is None:

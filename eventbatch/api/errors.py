@@ -44,6 +44,28 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
                         headers=headers)
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request was read: there is no one to answer,
+    and nothing went wrong on our side. Logged as one line (the event named here), no traceback."""
+
+    def __init__(self, event: str, **fields):
+        super().__init__(event)
+        self.event, self.fields = event, fields
+
+
+def parse_error_reason(exc: Exception) -> str:
+    """What was wrong, for an aiohttp parser error, in words a person can act on (the parser's
+    own message repeats the offending bytes)."""
+    from aiohttp.http_exceptions import InvalidHeader, InvalidURLError, LineTooLong
+    if isinstance(exc, LineTooLong):
+        return "a line is longer than 8,190 bytes (ids, query strings, headers and filenames must be shorter)"
+    if isinstance(exc, InvalidURLError) or "url" in str(exc).lower():
+        return "the URL holds bytes that are not allowed; percent-encode anything outside printable ASCII"
+    if isinstance(exc, InvalidHeader) or "header" in str(exc).lower():
+        return "a header holds control characters or bytes outside printable ASCII"
+    return "it is not well-formed HTTP"
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 

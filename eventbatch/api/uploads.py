@@ -1,0 +1,144 @@
+"""POST /v1/files: a multipart upload, read part by part.
+
+What can go wrong on the wire is mapped here, before anything reaches the database: malformed
+part headers (control or undecodable bytes, lines over the reader's 8,190 bytes) are a 400, a
+filename Postgres cannot store is a 400, a client that leaves mid-upload is one quiet log line
+(ClientGone), not an error with a traceback."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import msgspec
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .. import blobs, files as file_commands
+from ..validation import MAX_FILE_BYTES
+from . import params, wire
+from .errors import ApiError, ClientGone, bad_request, invalid_value, parse_error_reason
+from .idempotency import multipart
+from .state import PROJECT, UPLOAD_SLOTS, connection
+
+MULTIPART_SLACK = 64 * 1024  # room for the multipart envelope around a file at the size limit
+FIELD_LIMIT = 1024           # bytes of a non-file field (purpose, expires_after…)
+READ_SIZE = 256 * 1024
+
+
+def too_large() -> ApiError:
+    return ApiError(413, f"The file is larger than the {MAX_FILE_BYTES // 1_000_000} MB limit. "
+                         "Split it into several files, one batch each.", param="file")
+
+
+class PartReader:
+    """The parts of one multipart body, with the wire's failures turned into API errors."""
+
+    def __init__(self, reader: MultipartReader):
+        self.reader = reader
+        self.received = 0   # bytes of part content read so far, for the log of an abandoned upload
+
+    async def _guard(self, coro):
+        try:
+            return await coro
+        except HttpProcessingError as exc:
+            raise bad_request(f"A part of the multipart body is malformed: {parse_error_reason(exc)}.",
+                              param="file") from None
+        except ConnectionResetError:
+            raise ClientGone("upload_abandoned", bytes_received=self.received) from None
+
+    async def next(self) -> BodyPartReader | None:
+        part = await self._guard(self.reader.next())
+        if part is not None and not isinstance(part, BodyPartReader):
+            raise bad_request("Nested multipart bodies are not supported.", param="file")
+        return part
+
+    async def chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
+        while chunk := await self._guard(part.read_chunk(READ_SIZE)):
+            self.received += len(chunk)
+            yield chunk
+
+    async def field(self, part: BodyPartReader) -> bytes:
+        value = bytearray()
+        async for chunk in self.chunks(part):
+            value += chunk
+            if len(value) > FIELD_LIMIT:
+                raise bad_request(f"Field '{part.name}' is too long.", param=part.name)
+        return bytes(value)
+
+
+class ExpiresAfter(msgspec.Struct, forbid_unknown_fields=True):
+    anchor: str
+    seconds: int
+
+
+_expires_decoder = msgspec.json.Decoder(ExpiresAfter)
+
+
+async def create_file(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > MAX_FILE_BYTES + MULTIPART_SLACK:
+        raise too_large()
+    if not request.content_type.startswith("multipart/"):
+        raise bad_request("Upload a file as multipart/form-data with fields 'file' and 'purpose'.", param="file")
+    try:
+        reader = PartReader(await multipart(request))   # hashes the parts when there is an Idempotency-Key
+    except (ValueError, KeyError):   # no boundary, or a bad one
+        raise bad_request("The multipart body needs a boundary in its Content-Type header.", param="file") from None
+    fields: dict[str, str] = {}
+    expires_json: bytes | None = None
+    project = request[PROJECT]
+    async with request.app[UPLOAD_SLOTS], connection(request) as conn, conn.transaction():
+        stored = None
+        filename = "upload.jsonl"
+        while (part := await reader.next()) is not None:
+            if part.name == "file":
+                if stored is not None:
+                    raise bad_request("Send exactly one 'file' field.", param="file")
+                filename = params.text(part.filename or "upload.jsonl", "file", "The filename")
+                try:
+                    stored = await file_commands.store_upload(conn, reader.chunks(part))
+                except blobs.TooLarge:
+                    raise too_large() from None
+            elif part.name == "expires_after":
+                # Some clients send the object as one JSON part rather than as expires_after[…] fields.
+                expires_json = await reader.field(part)
+            elif part.name:
+                fields[part.name] = (await reader.field(part)).decode("utf-8", "replace")
+        if stored is None:
+            raise bad_request("Missing required parameter: 'file'.", param="file")
+        purpose = fields.get("purpose")
+        if purpose is None:
+            raise bad_request("Missing required parameter: 'purpose'.", param="purpose")
+        if purpose != "batch":      # the only purpose of an upload here (batch_output is ours)
+            raise invalid_value("purpose", purpose, ("batch",))
+        view = await file_commands.record_upload(conn, file_id=stored[0], project=project, filename=filename,
+                                                 purpose=purpose, size=stored[1],
+                                                 expires_after=expires_after(fields, expires_json))
+    return web.Response(body=wire.encode(wire.file_object(view)), content_type="application/json")
+
+
+def expires_after(fields: dict[str, str], as_json: bytes | None) -> int | None:
+    """Seconds until the file expires, from expires_after[anchor]/[seconds] or one JSON part."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if as_json is not None:
+        if anchor is not None or seconds is not None:
+            raise bad_request("Send expires_after either as one JSON part or as expires_after[anchor] and "
+                              "expires_after[seconds], not both.", param="expires_after")
+        try:
+            given = _expires_decoder.decode(as_json)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise bad_request('expires_after must be a JSON object {"anchor": "created_at", "seconds": N}.',
+                              param="expires_after") from None
+        anchor, seconds = given.anchor, str(given.seconds)
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise bad_request("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        raise bad_request("expires_after[seconds] must be a whole number of seconds.",
+                          param="expires_after.seconds") from None
+    if not 3600 <= value <= 2_592_000:
+        raise bad_request("expires_after[seconds] must be between 3600 (1 hour) and 2592000 (30 days).",
+                          param="expires_after.seconds")
+    return value

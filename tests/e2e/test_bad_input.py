@@ -1,0 +1,220 @@
+"""Bad bytes are bad requests (SPEC §14): NUL where Postgres text cannot hold it, control and
+non-ASCII bytes in multipart headers, over-long lines, raw UTF-8 in the path. Each is a 400 in
+OpenAI's JSON envelope, never a 500, a plain-text page or a traceback in the log."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import uuid
+
+import openai
+import pytest
+
+from conftest import chat_line, jsonl
+
+
+def host_port(server) -> tuple[str, int]:
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    return host, int(port)
+
+
+def raw_request(server, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (no client library would send these bytes), read to
+    the end of the answer."""
+    with socket.create_connection(host_port(server), timeout=30) as s:
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data:
+                head_part, _, rest = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head_part.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if length is not None and len(rest) >= length:
+                    break
+    head_part, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, rest
+
+
+def get(server, key: str, target: bytes, method: bytes = b"GET", extra: bytes = b"", body: bytes = b""):
+    head = (method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + key.encode() + b"\r\n" + extra
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    return raw_request(server, head, body)
+
+
+def envelope(answer, status: int = 400, param: str | None | type = ...) -> dict:
+    got, headers, body = answer
+    assert got == status, body[:300]
+    assert headers["content-type"].startswith("application/json"), (headers, body[:300])
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["type"] == ("invalid_request_error" if status < 429 else err["type"])
+    if param is not ...:
+        assert err["param"] == param, err
+    return err
+
+
+def assert_no_traceback_since(server, mark: int) -> None:
+    log = server.log()[mark:]
+    assert "unhandled_error" not in log and "Traceback" not in log, log[-3000:]
+
+
+@pytest.fixture()
+def key(new_key):
+    return new_key()
+
+
+@pytest.mark.parametrize("target,param", [
+    (b"/v1/files/file-%00abc", "file_id"),
+    (b"/v1/files/%00/content", "file_id"),
+    (b"/v1/batches/batch_%00", "batch_id"),
+    (b"/v1/batches/batch_%00/events", "batch_id"),
+    (b"/v1/files?after=file-%00", "after"),
+    (b"/v1/batches?after=%00", "after"),
+    (b"/v1/files?purpose=%00batch", "purpose"),
+])
+def test_nul_in_ids_and_query_parameters_is_a_400(server, key, target, param):
+    mark = len(server.log())
+    envelope(get(server, key, target), 400, param)
+    assert_no_traceback_since(server, mark)
+
+
+def test_nul_in_deleted_and_cancelled_ids_is_a_400(server, key):
+    envelope(get(server, key, b"/v1/files/file-%00", b"DELETE"), 400, "file_id")
+    envelope(get(server, key, b"/v1/batches/batch_%00/cancel", b"POST"), 400, "batch_id")
+
+
+def test_nul_in_json_bodies_is_a_400(server, client):
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    mark = len(server.log())
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id=f.id + "\x00", endpoint="/v1/chat/completions", completion_window="24h")
+    assert e.value.body["param"] == "input_file_id"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata={"job": "a\x00b"})
+    assert e.value.body["param"] == "metadata.job"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata={"j\x00b": "x"})
+    assert e.value.body["param"].startswith("metadata")
+    # a lone surrogate escape cannot become text Postgres stores: refused as JSON it cannot be
+    body = (b'{"input_file_id":"' + f.id.encode() + b'","endpoint":"/v1/chat/completions",'
+            b'"completion_window":"24h","metadata":{"k":"\\ud800"}}')
+    envelope(get(server, client.api_key, b"/v1/batches", b"POST", b"Content-Type: application/json\r\n", body),
+             400)
+    assert_no_traceback_since(server, mark)
+    assert client.batches.list().data == []
+
+
+def multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"fz") -> bytes:
+    """parts: (the Content-Disposition line's parameters and any further header lines, value)."""
+    out = b""
+    for headers, value in parts:
+        out += b"--" + boundary + b"\r\nContent-Disposition: form-data; " + headers + b"\r\n\r\n" + value + b"\r\n"
+    return out + b"--" + boundary + b"--\r\n"
+
+
+def upload(server, key: str, file_headers: bytes, value: bytes = jsonl([chat_line(1)])):
+    body = multipart([(b'name="purpose"', b"batch"), (b'name="file"; ' + file_headers, value)])
+    return get(server, key, b"/v1/files", b"POST", b"Content-Type: multipart/form-data; boundary=fz\r\n", body)
+
+
+@pytest.mark.parametrize("file_headers", [
+    b"filename*=utf-8''a%00b.jsonl",                       # NUL in the decoded name
+    b'filename="a\x00b.jsonl"',                            # NUL as a raw byte
+    b'filename="a\x01\x7f.jsonl"',                         # control bytes
+    b'filename="caf\xe9.jsonl"',                           # not UTF-8
+    b'filename="a.jsonl"\r\nContent-Type: text/\xff\x00',  # a further header with bad bytes
+    b'filename="a.jsonl"\r\nX-\x01: y',                    # a control byte in a header name
+    b'filename="' + b"n" * 9000 + b'.jsonl"',              # over the multipart reader's 8,190-byte lines
+])
+def test_bad_bytes_in_multipart_headers_are_a_400(server, key, file_headers):
+    mark = len(server.log())
+    envelope(upload(server, key, file_headers), 400)
+    assert_no_traceback_since(server, mark)
+    status, _, listed = get(server, key, b"/v1/files")
+    assert status == 200 and json.loads(listed)["data"] == []
+
+
+def test_a_utf8_filename_is_kept(server, key):
+    status, _, body = upload(server, key, "filename=\"résumé.jsonl\"".encode())
+    assert status == 200, body
+    assert json.loads(body)["filename"] == "résumé.jsonl"
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/files/fïle-ü".encode(),                           # raw UTF-8 in the path
+    b"/v1/files/\xff\xfe",                                 # raw bytes that are not UTF-8
+    b"/v1/files/file-" + b"a" * 20_000,                    # a 20 kB id: longer than a request line may be
+    b"/v1/batches?after=" + b"b" * 20_000,
+])
+def test_unparseable_request_lines_get_the_json_envelope(server, key, target):
+    mark = len(server.log())
+    envelope(get(server, key, target), 400)
+    assert_no_traceback_since(server, mark)
+
+
+def test_an_over_long_header_gets_the_json_envelope(server, key):
+    envelope(get(server, key, b"/v1/files", extra=b"X-Long: " + b"x" * 20_000 + b"\r\n"), 400)
+
+
+def test_a_405_names_the_allowed_methods(server, key):
+    status, headers, body = get(server, key, b"/v1/batches", b"PUT")
+    envelope((status, headers, body), 405)
+    assert set(headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
+    status, headers, body = get(server, key, b"/v1/files/file-x/content", b"POST")
+    envelope((status, headers, body), 405)
+    assert set(headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+
+
+def test_empty_after_is_like_no_after(client):
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    assert [x.id for x in client.files.list(after="").data] == [f.id]
+    assert client.batches.list(after="").data == []
+
+
+def test_expires_after_as_a_json_part_is_honoured_or_refused(server, key):
+    def send(value: bytes):
+        body = multipart([(b'name="purpose"', b"batch"),
+                          (b'name="expires_after"\r\nContent-Type: application/json', value),
+                          (b'name="file"; filename="a.jsonl"', jsonl([chat_line(1)]))])
+        return get(server, key, b"/v1/files", b"POST", b"Content-Type: multipart/form-data; boundary=fz\r\n", body)
+
+    status, _, body = send(b'{"anchor": "created_at", "seconds": 7200}')
+    assert status == 200, body
+    made = json.loads(body)
+    assert made["expires_at"] == made["created_at"] + 7200
+    envelope(send(b'{"anchor": "created_at", "seconds": 5}'), 400, "expires_after.seconds")
+    envelope(send(b'{"anchor": "last_access", "seconds": 7200}'), 400, "expires_after.anchor")
+    envelope(send(b'{"anchor": "created_at"'), 400, "expires_after")
+    envelope(send(b'"tomorrow"'), 400, "expires_after")
+
+
+def test_a_client_that_leaves_mid_upload_is_one_quiet_line(server, key):
+    mark = len(server.log())
+    tag = "req_gone_" + uuid.uuid4().hex[:8]
+    head = (b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() + b"\r\n"
+            b"x-request-id: " + tag.encode() + b"\r\n"
+            b"Content-Type: multipart/form-data; boundary=fz\r\nContent-Length: 1000000\r\n\r\n")
+    with socket.create_connection(host_port(server)) as s:
+        s.sendall(head + b'--fz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                  b'--fz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+                  + jsonl([chat_line(i) for i in range(50)]))
+        time.sleep(0.3)
+    deadline = time.time() + 10
+    while tag not in server.log()[mark:] and time.time() < deadline:
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in server.log()[mark:].splitlines() if tag in line]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] in ("info", "warning") and lines[0]["event"] == "upload_abandoned", lines
+    assert_no_traceback_since(server, mark)
+    status, _, listed = get(server, key, b"/v1/files")
+    assert json.loads(listed)["data"] == []
