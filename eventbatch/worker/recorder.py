@@ -3,7 +3,13 @@ per flush, fenced by each chunk's lease epoch.
 
 A flush takes, per batch (in id order, so concurrent flushers cannot deadlock): the batch view
 row lock, then the lease rows of the chunks it writes for. Outcomes of a chunk whose lease this
-worker no longer holds are dropped: another worker owns those requests now."""
+worker no longer holds are dropped: another worker owns those requests now.
+
+A flush takes at most FLUSH_MAX outcomes (FLUSH_MAX_BYTES of bodies), so a chunk's outcomes may
+span flushes; its release or finish goes in the flush that takes its last queued outcome, never
+an earlier one. A release that committed first would hand the lease back and the outcomes still
+queued would be dropped as lost: finished requests sent again (paid twice) or, on cancel,
+recorded as cut short."""
 
 from __future__ import annotations
 
@@ -24,10 +30,11 @@ FLUSH_EVERY = 0.005      # seconds an outcome may wait for company
 FLUSH_MAX = 1000         # outcomes per transaction
 FLUSH_MAX_BYTES = 32 * 1024 * 1024   # response bodies per transaction, far below Postgres' 1 GB message cap
 
+
 class HeldChunk:
     """A chunk this worker holds a lease on."""
     __slots__ = ("batch_id", "chunk_no", "first_index", "count", "byte_start", "byte_end", "epoch",
-                 "remaining", "aborted", "task", "lost")
+                 "remaining", "aborted", "task", "lost", "queued")
 
     def __init__(self, row: asyncpg.Record):
         self.batch_id: str = row["batch_id"]
@@ -41,6 +48,7 @@ class HeldChunk:
         self.aborted = False         # no new request of this chunk may start
         self.lost = False            # the lease is gone: nothing of this chunk may be recorded
         self.task: asyncio.Task | None = None
+        self.queued = 0              # outcomes handed to the recorder and not yet taken by a flush
 
 
 class Recorder:
@@ -57,6 +65,7 @@ class Recorder:
         self._task: asyncio.Task | None = None
 
     def add(self, chunk: HeldChunk, outcome: ev.RequestSucceeded | ev.RequestFailed) -> None:
+        chunk.queued += 1
         self._outcomes.append((chunk, outcome))
         self._idle.clear()
         self._wake.set()
@@ -94,8 +103,13 @@ class Recorder:
                 if size >= FLUSH_MAX_BYTES:
                     break
             outcomes, self._outcomes = self._outcomes[:take], self._outcomes[take:]
-            finished, self._finished = self._finished, []
-            releases, self._releases = self._releases, []
+            for chunk, _ in outcomes:
+                chunk.queued -= 1
+            # A chunk with outcomes still queued is released (or finished) by a later flush.
+            finished = [c for c in self._finished if not c.queued]
+            releases = [c for c in self._releases if not c.queued]
+            self._finished = [c for c in self._finished if c.queued]
+            self._releases = [c for c in self._releases if c.queued]
             if not (outcomes or finished or releases):
                 self._idle.set()
                 continue
@@ -106,6 +120,8 @@ class Recorder:
             except Exception:
                 # Nothing was committed: put everything back and try again shortly.
                 log.exception("outcome_flush_failed", outcomes=len(outcomes))
+                for chunk, _ in outcomes:
+                    chunk.queued += 1
                 self._outcomes[:0] = outcomes
                 self._finished[:0] = finished
                 self._releases[:0] = releases

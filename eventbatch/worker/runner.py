@@ -248,7 +248,12 @@ class Worker:
                 self.recorder.finish(chunk)
                 self._chunk_finished(chunk)
                 return
-            await asyncio.gather(*(self._run_request(chunk, run, index, line) for index, line in todo))
+            # A task group, not gather: if one request raises, its siblings are cancelled and
+            # unwound before the lease goes back, so none finishes after the release (its
+            # answer dropped as lost, the request paid for twice).
+            async with asyncio.TaskGroup() as requests:
+                for index, line in todo:
+                    requests.create_task(self._run_request(chunk, run, index, line))
         except asyncio.CancelledError:
             pass
         except Exception:
