@@ -87,7 +87,7 @@ async def save_batch(conn: asyncpg.Connection, state: BatchState, seq: int = 0) 
 
 async def save_file(conn: asyncpg.Connection, view: FileView, seq: int = 0) -> None:
     await conn.execute(Q.file_view_upsert, view.id, view.project, seq, view.purpose, view.deleted, view.version,
-                       _enc.encode(view))
+                       view.expires_at, _enc.encode(view))
 
 
 async def get_file(conn, file_id: str, project: str) -> FileView | None:
@@ -139,5 +139,5 @@ async def file_page(conn, project: str, *, after: str | None, purpose: str | Non
         if after_seq is None:
             return None
     rows = await conn.fetch(Q.file_view_page_asc if ascending else Q.file_view_page_desc,
-                            project, purpose, after_seq, limit)
+                            project, purpose, after_seq, limit, time.time())
     return [decode_file(r[0]) for r in rows]

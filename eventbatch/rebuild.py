@@ -80,7 +80,7 @@ def _batch_row(seq: int, s: BatchState) -> tuple:
 
 
 def _file_row(seq: int, f: FileView) -> tuple:
-    return (f.id, f.project, seq, f.purpose, f.deleted, f.version, _enc.encode(f))
+    return (f.id, f.project, seq, f.purpose, f.deleted, f.version, f.expires_at, _enc.encode(f))
 
 
 async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
@@ -99,7 +99,7 @@ async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
             columns=["id", "project", "seq", "status", "version", "doc"])
         await conn.copy_records_to_table(
             "file_view", records=[_file_row(seq, f) for seq, f in folded.files.values()],
-            columns=["id", "project", "seq", "purpose", "deleted", "version", "doc"])
+            columns=["id", "project", "seq", "purpose", "deleted", "version", "expires_at", "doc"])
     return folded
 
 

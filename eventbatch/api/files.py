@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 from aiohttp.helpers import content_disposition_header
 
@@ -27,8 +25,7 @@ async def list_files(request: web.Request) -> web.Response:
                                            ascending=order == "asc", limit=limit + 1)
     if page is None:
         raise bad_request(f"No file with id '{after}' to list after.", param="after")
-    now = time.time()
-    items = [wire.file_object(v) for v in page[:limit] if not v.expired(now)]
+    items = [wire.file_object(v) for v in page[:limit]]   # expired files are left out in SQL, before LIMIT
     return web.Response(body=wire.encode(wire.list_object(items, len(page) > limit)), content_type="application/json")
 
 

@@ -45,8 +45,10 @@ SELECT doc FROM batch_view WHERE project = $1 AND ($2::bigint IS NULL OR seq < $
 ORDER BY seq DESC LIMIT $3
 
 -- file_view_upsert --
-INSERT INTO file_view (id, project, seq, purpose, deleted, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (id) DO UPDATE SET deleted = EXCLUDED.deleted, version = EXCLUDED.version, doc = EXCLUDED.doc
+INSERT INTO file_view (id, project, seq, purpose, deleted, version, expires_at, doc)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (id) DO UPDATE SET deleted = EXCLUDED.deleted, version = EXCLUDED.version,
+  expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc
 
 -- file_view_get_own --
 SELECT doc FROM file_view WHERE id = $1 AND project = $2 AND NOT deleted
@@ -65,13 +67,17 @@ SELECT deleted FROM file_view WHERE id = $1
 SELECT seq FROM file_view WHERE id = $1 AND project = $2
 
 -- file_view_page_asc --
+-- $5: now, in unix seconds. Expired files are left out here, before LIMIT, so a page is full
+-- whenever more files follow (a file is expired from its expires_at on, as FileView.expired).
 SELECT doc FROM file_view WHERE project = $1 AND NOT deleted
   AND ($2::text IS NULL OR purpose = $2) AND ($3::bigint IS NULL OR seq > $3)
+  AND (expires_at IS NULL OR expires_at > $5::float8)
 ORDER BY seq ASC LIMIT $4
 
 -- file_view_page_desc --
 SELECT doc FROM file_view WHERE project = $1 AND NOT deleted
   AND ($2::text IS NULL OR purpose = $2) AND ($3::bigint IS NULL OR seq < $3)
+  AND (expires_at IS NULL OR expires_at > $5::float8)
 ORDER BY seq DESC LIMIT $4
 
 -- view_lock_for_rebuild --
@@ -88,4 +94,4 @@ DELETE FROM file_view
 SELECT id, project, seq, status, version, doc FROM batch_view
 
 -- file_view_all --
-SELECT id, project, seq, purpose, deleted, version, doc FROM file_view
+SELECT id, project, seq, purpose, deleted, version, expires_at, doc FROM file_view
