@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -16,6 +17,7 @@ class SettingsError(Exception):
 
 class Settings(msgspec.Struct, kw_only=True):
     database_url: str | None = None
+    migration_database_url: str | None = None   # the schema owner's, for migrations (SPEC §14)
     data_dir: Path = Path(".eventbatch")
     upstream_url: str | None = None
     upstream_api_key: str | None = msgspec.field(default=None)
@@ -29,11 +31,13 @@ class Settings(msgspec.Struct, kw_only=True):
     chunk_size: int = 256
 
     def __repr__(self) -> str:  # never print the provider key
-        return f"Settings(database_url={'set' if self.database_url else 'embedded'}, data_dir={self.data_dir})"
+        return (f"Settings(database_url={mask_url(self.database_url) if self.database_url else 'embedded'}, "
+                f"data_dir={self.data_dir})")
 
 
 _ENV = {
     "EVENTBATCH_DATABASE_URL": "database_url",
+    "EVENTBATCH_MIGRATION_DATABASE_URL": "migration_database_url",
     "EVENTBATCH_DATA_DIR": "data_dir",
     "EVENTBATCH_UPSTREAM_URL": "upstream_url",
     "EVENTBATCH_UPSTREAM_API_KEY": "upstream_api_key",
@@ -47,6 +51,69 @@ _ENV = {
     "EVENTBATCH_CHUNK_SIZE": "chunk_size",
 }
 SETTING_NAMES = tuple(_ENV)
+
+
+_USERINFO = re.compile(r"(?<=//)([^/?#]*)@")
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a message: the password (user:***@host, or a password= parameter) masked.
+    Works on strings urlsplit refuses too, since those are the ones error messages quote."""
+    def userinfo(m: re.Match) -> str:
+        user, colon, _ = m.group(1).partition(":")
+        return f"{user}:***@" if colon else f"{user}@"
+    return _PASSWORD_PARAM.sub(r"\1***", _USERINFO.sub(userinfo, url, count=1))
+
+
+def has_credentials(url: str) -> bool:
+    return _USERINFO.search(url) is not None
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def check_database_url(env_name: str, url: str) -> str:
+    """The checks asyncpg would otherwise fail on with a traceback: scheme, each host's port,
+    sslmode. The message quotes the URL with its password masked."""
+    shown = mask_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise SettingsError(f"{env_name}={shown!r} is not a valid URL ({exc}); use "
+                            "postgresql://user:password@host:port/database.") from None
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise SettingsError(f"{env_name} must be a postgresql://user:pass@host:port/db URL; "
+                            "unset it to use the embedded Postgres.")
+    for host in parts.netloc.rpartition("@")[2].split(","):   # libpq's host1:port1,host2:port2
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host.rpartition("]")[2] else ""
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise SettingsError(f"{env_name}={shown!r} has port {port!r}; a port is a number from 1 to 65535.")
+    for name, value in parse_qsl(parts.query):
+        if name == "sslmode" and value not in _SSLMODES:
+            raise SettingsError(f"{env_name}={shown!r} has sslmode={value!r}; use one of {', '.join(_SSLMODES)}.")
+        if name == "port" and not (value.isdigit() and 1 <= int(value) <= 65535):
+            raise SettingsError(f"{env_name}={shown!r} has port {value!r}; a port is a number from 1 to 65535.")
+    return url
+
+
+def check_upstream_url(where: str, url: str, *, with_key: bool) -> str:
+    """A provider's base URL: http(s), a host, and not credentials in the URL together with a key
+    (both would be the request's Authorization header: aiohttp refuses every request then)."""
+    shown = mask_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError as exc:
+        raise SettingsError(f"{where}: {shown!r} is not a valid URL ({exc}); give the provider's base URL "
+                            "including /v1, e.g. https://api.openai.com/v1.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{where}: {shown!r} is not an http(s) URL; give the provider's base URL "
+                            "including /v1, e.g. https://api.openai.com/v1.")
+    if with_key and has_credentials(url):
+        raise SettingsError(f"{where}: {shown!r} carries credentials and an API key is set too; both would be "
+                            "the Authorization header: remove user:password@ from the URL, or the key.")
+    return url.rstrip("/")
 
 
 def _number(env_name: str, raw: str, kind: type, low: float, high: float):
@@ -67,22 +134,17 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
     raw.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings()
     if "database_url" in raw:
-        url = str(raw["database_url"])
-        if urlsplit(url).scheme not in ("postgres", "postgresql"):
-            raise SettingsError("EVENTBATCH_DATABASE_URL must be a postgresql://user:pass@host:port/db URL; "
-                                "unset it to use the embedded Postgres.")
-        s.database_url = url
+        s.database_url = check_database_url("EVENTBATCH_DATABASE_URL", str(raw["database_url"]))
+    if "migration_database_url" in raw:
+        s.migration_database_url = check_database_url("EVENTBATCH_MIGRATION_DATABASE_URL",
+                                                      str(raw["migration_database_url"]))
     if "data_dir" in raw:
         s.data_dir = Path(raw["data_dir"])
-    if "upstream_url" in raw:
-        url = str(raw["upstream_url"]).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SettingsError(f"EVENTBATCH_UPSTREAM_URL={url!r} is not an http(s) URL; "
-                                "set it to the provider's base URL including /v1, e.g. https://api.openai.com/v1.")
-        s.upstream_url = url
     if "upstream_api_key" in raw:
         s.upstream_api_key = str(raw["upstream_api_key"])
+    if "upstream_url" in raw:
+        s.upstream_url = check_upstream_url("EVENTBATCH_UPSTREAM_URL", str(raw["upstream_url"]),
+                                            with_key=bool(s.upstream_api_key))
     if "config_path" in raw:
         p = Path(raw["config_path"])
         if not p.is_file():

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from . import embedded
-from .config import Settings, SettingsError
+from .config import Settings, SettingsError, mask_url
 from .sql import Q
 
 _MIGRATION_NAME = re.compile(r"^[0-9]{3}_.+\.sql$")
@@ -31,9 +31,12 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
     try:
         return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session,
                                          command_timeout=300, server_settings={"application_name": "eventbatch"})
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise SettingsError(f"cannot connect to the database ({type(exc).__name__}: {exc}); "
-                            "check EVENTBATCH_DATABASE_URL or unset it to use the embedded Postgres.") from None
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
+            OverflowError) as exc:
+        # ValueError, OverflowError: what asyncpg raises on a URL config.check_database_url let through.
+        raise SettingsError(f"cannot connect to the database at {mask_url(url)} ({type(exc).__name__}: "
+                            f"{mask_url(str(exc))}); check EVENTBATCH_DATABASE_URL or unset it to use the "
+                            "embedded Postgres.") from None
 
 
 def migrations_folder() -> Traversable:

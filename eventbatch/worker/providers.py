@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import tomllib
 from typing import Callable, Mapping
-from urllib.parse import urlsplit
 
 import msgspec
 
-from ..config import Settings, SettingsError
+from ..config import Settings, SettingsError, check_upstream_url, mask_url
 
 
 class Provider(msgspec.Struct, kw_only=True):
@@ -29,7 +28,7 @@ class Provider(msgspec.Struct, kw_only=True):
     concurrency: int = 64
 
     def __repr__(self) -> str:  # the key stays out of every repr, log and error
-        return f"Provider(name={self.name!r}, base_url={self.base_url!r}, models={self.models!r})"
+        return f"Provider(name={self.name!r}, base_url={mask_url(self.base_url)!r}, models={self.models!r})"
 
     def url_for(self, endpoint: str) -> str:
         # A line's url '/v1/chat/completions' goes to '{base}/chat/completions'.
@@ -46,14 +45,6 @@ class _ProviderEntry(msgspec.Struct, forbid_unknown_fields=True):
 
 class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True):
     providers: list[_ProviderEntry]
-
-
-def _check_url(url: str, where: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(f"{where}: base_url {url!r} is not an http(s) URL; give the provider's base URL "
-                            "including /v1.")
-    return url.rstrip("/")
 
 
 def load_providers(settings: Settings, env: Mapping[str, str] | None = None, *, keys: bool = True) -> list[Provider]:
@@ -87,7 +78,9 @@ def load_providers(settings: Settings, env: Mapping[str, str] | None = None, *, 
             concurrency = p.concurrency if p.concurrency is not None else settings.upstream_concurrency
             if not 1 <= concurrency <= 10_000:
                 raise SettingsError(f"{where}: provider {p.name!r} concurrency must be between 1 and 10000.")
-            providers.append(Provider(name=p.name, base_url=_check_url(p.base_url, where), api_key=key,
+            providers.append(Provider(name=p.name, base_url=check_upstream_url(
+                                          f"{where}: provider {p.name!r} base_url", p.base_url,
+                                          with_key=bool(p.api_key_env)), api_key=key,
                                       models=p.models, concurrency=concurrency))
     if settings.upstream_url is not None:
         providers.append(Provider(name="default", base_url=settings.upstream_url, api_key=settings.upstream_api_key,

@@ -79,13 +79,20 @@ def test_bad_settings_fail_at_start_with_one_line(tmp_path):
         (["api"], {"EVENTBATCH_DATABASE_URL": "mysql://x"}, "EVENTBATCH_DATABASE_URL"),
         (["api"], {"EVENTBATCH_LOG_FORMAT": "xml"}, "EVENTBATCH_LOG_FORMAT"),
         (["api"], {"EVENTBATCH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "cannot connect"),
+        # a bad port or sslmode is one line too, and no password is ever printed whole
+        (["api"], {"EVENTBATCH_DATABASE_URL": "postgresql://eb:s3cret@127.0.0.1:99999/db"}, "eb:***@"),
+        (["api"], {"EVENTBATCH_DATABASE_URL": "postgresql://eb:s3cret@127.0.0.1:5432/db?sslmode=bogus"}, "sslmode"),
+        (["migrate"], {"EVENTBATCH_DATABASE_URL": "postgresql://eb:s3cret@127.0.0.1:1/db"}, "eb:***@127.0.0.1:1"),
+        (["serve"], {"EVENTBATCH_UPSTREAM_URL": "http://eb:s3cret@127.0.0.1:1/v1",
+                     "EVENTBATCH_UPSTREAM_API_KEY": "sk-x"}, "eb:***@127.0.0.1:1"),
+        (["serve"], {"EVENTBATCH_UPSTREAM_URL": "http://eb:s3cret@127.0.0.1:99999/v1"}, "eb:***@"),
     ):
         env = env_for(tmp_path / "d", **extra)
         r = subprocess.run([sys.executable, "-m", "eventbatch", *args], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
-        assert "Traceback" not in r.stderr
+        assert "Traceback" not in r.stderr and "s3cret" not in r.stderr + r.stdout
 
 
 def test_a_killed_serve_does_not_keep_the_embedded_postgres_running_for_ever(tmp_path, mock):
