@@ -12,6 +12,7 @@ import math
 import msgspec
 
 from . import events as ev
+from .result_lines import output_line
 
 # The statuses of SPEC §5. Every list of statuses that SQL or metrics need comes from here.
 STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
@@ -32,6 +33,10 @@ EXPIRY_GRACE_SECONDS = 15.0
 
 class Conflict(Exception):
     """The command does not fit the batch's status (HTTP 409)."""
+
+
+class NothingToRetry(Exception):
+    """A retry of a batch none of whose requests failed (HTTP 400)."""
 
 
 class RequestCounts(msgspec.Struct):
@@ -66,6 +71,12 @@ class BatchState(msgspec.Struct, kw_only=True):
     metadata: dict[str, str] | None = None
     output_expires_after: int | None = None
     chunk_count: int = 0
+    retry_of: str | None = None
+    # The exact sizes of the output and error files: the lines' lengths, summed as outcomes are
+    # folded, so closing the batch writes no copy of its results (SPEC §12.5). None: a view
+    # folded before sizes were kept (the finalizer measures those from the log).
+    output_bytes: int | None = None
+    error_bytes: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -94,7 +105,8 @@ def evolve(state: BatchState | None, event: ev.Event) -> BatchState:
                 id=event.batch_id, project=event.project, endpoint=event.endpoint,
                 input_file_id=event.input_file_id, completion_window=event.completion_window,
                 created_at=_ts(event.at), expires_at=event.expires_at, metadata=event.metadata,
-                output_expires_after=event.output_expires_after, version=1,
+                output_expires_after=event.output_expires_after, retry_of=event.retry_of, version=1,
+                output_bytes=0, error_bytes=0,
             )
     assert state is not None, f"{type(event).__name__} before batch_created"
     s = msgspec.structs.replace(state)
@@ -112,9 +124,13 @@ def evolve(state: BatchState | None, event: ev.Event) -> BatchState:
             rc = s.request_counts
             s.request_counts = RequestCounts(rc.total, rc.completed + 1, rc.failed)
             s.usage = _add_usage(s.usage, event.usage)
+            if s.output_bytes is not None:
+                s.output_bytes += len(output_line(s.id, event))
         case ev.RequestFailed():
             rc = s.request_counts
             s.request_counts = RequestCounts(rc.total, rc.completed, rc.failed + 1)
+            if s.error_bytes is not None:
+                s.error_bytes += len(output_line(s.id, event))
         case ev.BatchFinalizing():
             s.status, s.finalizing_at = "finalizing", _ts(event.at)
         case ev.BatchOutputWritten():
@@ -160,6 +176,18 @@ def record_validation(state: BatchState, result_events: list[ev.Event], now: flo
         # as batch_cancelled; a failed validation is dropped (cancelling only leads to cancelled).
         return [outcome]
     return []
+
+
+def check_retry(state: BatchState) -> None:
+    """A retry (SPEC §12.2) needs a batch that has ended, with requests in its error file."""
+    if not state.terminal:
+        raise Conflict(f"Batch '{state.id}' is still {state.status}; retry it once it has ended "
+                       "(completed, expired, cancelled or failed).")
+    if state.request_counts.failed == 0:
+        if state.errors is not None:
+            raise NothingToRetry(f"Batch '{state.id}' failed validation, so none of its requests ran; fix the "
+                                 "input file (see the batch's errors) and create a new batch.")
+        raise NothingToRetry(f"Batch '{state.id}' has no failed requests; there is nothing to retry.")
 
 
 def cancel(state: BatchState, now: float) -> list[ev.Event]:

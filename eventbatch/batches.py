@@ -61,13 +61,14 @@ async def _enqueue_chunks(conn: asyncpg.Connection, batch_id: str, chunks: list[
 
 async def create_batch(conn: asyncpg.Connection, *, project: str, input_file_id: str, endpoint: str,
                        completion_window: str, metadata: dict[str, str] | None,
-                       output_expires_after: int | None, window_seconds: float) -> BatchState:
+                       output_expires_after: int | None, window_seconds: float,
+                       retry_of: str | None = None) -> BatchState:
     now = time.time()
     bid = ids.batch_id()
     event = ev.BatchCreated(batch_id=bid, project=project, input_file_id=input_file_id, endpoint=endpoint,
                             completion_window=completion_window, at=now,
                             expires_at=int(now + window_seconds), metadata=metadata,
-                            output_expires_after=output_expires_after)
+                            output_expires_after=output_expires_after, retry_of=retry_of)
     async with conn.transaction():
         # Share-locked: a concurrent delete of the file waits for this batch to exist (and then
         # keeps the bytes the batch reads), instead of removing them under it.

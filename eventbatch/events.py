@@ -56,9 +56,19 @@ class FileCreated(Event, tag="file_created"):
     at: float
     expires_at: int | None = None
     batch_id: str | None = None       # for output and error files: the batch they belong to
+    # 'succeeded' (output file) or 'failed' (error file): the file's bytes are not stored but
+    # derived from the batch's request outcomes, in input order (SPEC §12.5). None: stored bytes.
+    results: str | None = None
 
 
 class FileDeleted(Event, tag="file_deleted"):
+    file_id: str
+    at: float
+
+
+class FileBytesPurged(Event, tag="file_bytes_purged"):
+    """An input file past its expires_at had its stored bytes removed (the file was already
+    hidden; this frees the space)."""
     file_id: str
     at: float
 
@@ -75,6 +85,7 @@ class BatchCreated(Event, tag="batch_created"):
     expires_at: int
     metadata: dict[str, str] | None = None
     output_expires_after: int | None = None   # seconds after creation of the output files
+    retry_of: str | None = None       # the batch whose failed requests this one retries (SPEC §12.2)
 
 
 class BatchValidated(Event, tag="batch_validated"):
@@ -148,7 +159,7 @@ class BatchCancelled(Event, tag="batch_cancelled"):
 
 
 AnyEvent = Union[
-    FileCreated, FileDeleted,
+    FileCreated, FileDeleted, FileBytesPurged,
     BatchCreated, BatchValidated, BatchValidationFailed, BatchStarted,
     RequestSucceeded, RequestFailed,
     BatchFinalizing, BatchOutputWritten, BatchCompleted, BatchExpired, BatchCancelling, BatchCancelled,

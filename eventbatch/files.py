@@ -7,11 +7,16 @@ import time
 from typing import AsyncIterator
 
 import asyncpg
+import structlog
 
 from . import blobs, events as ev, ids, projections, store
 from .projections import FileView
 from .store import NotFound
+from .sql import Q
 from .validation import MAX_FILE_BYTES
+
+log = structlog.get_logger("eventbatch")
+PURGE_PER_PASS = 100
 
 
 async def create_file(conn: asyncpg.Connection, event: ev.FileCreated) -> FileView:
@@ -65,3 +70,30 @@ async def free_input_if_unused(conn: asyncpg.Connection, state) -> None:
     if await projections.file_deleted(conn, state.input_file_id) \
             and not await input_in_use(conn, state.project, state.input_file_id, but=state.id):
         await blobs.delete_blob(conn, state.input_file_id)
+
+
+async def purge_expired_inputs(pool: asyncpg.Pool, now: float | None = None) -> int:
+    """Due work (run with the sweeper's): the stored bytes of input files past their expires_at
+    go, not only out of sight (SPEC §12.5). A file that a batch still running reads keeps them
+    until that batch ends (a later pass takes it). Several processes may run this at once: each
+    file is locked, and skipped by the others. Returns how many files were purged."""
+    now = time.time() if now is None else now
+    purged = 0
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for doc in [r[0] for r in await conn.fetch(Q.file_view_purge_due, int(now), PURGE_PER_PASS)]:
+                view = projections.decode_file(doc)
+                if await input_in_use(conn, view.project, view.id):
+                    continue
+                event = ev.FileBytesPurged(file_id=view.id, at=now)
+                await store.append(conn, store.file_stream(view.id), view.version, [event])
+                await projections.save_file(conn, projections.evolve_file(view, event))
+                await blobs.delete_blob(conn, view.id)
+                purged += 1
+    except (asyncpg.PostgresError, OSError) as exc:
+        # Due work: the next pass tries again.
+        log.warning("input_purge_failed", error=type(exc).__name__)
+        return 0
+    if purged:
+        log.info("input_files_purged", files=purged)
+    return purged

@@ -25,9 +25,19 @@ class FileView(msgspec.Struct, kw_only=True):
     deleted: bool = False
     batch_id: str | None = None
     version: int = 0
+    results: str | None = None       # derived from the batch's outcomes: 'succeeded' or 'failed'
+    purged: bool = False             # its stored bytes are gone (expired input file)
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+    @property
+    def purge_after(self) -> int | None:
+        """When the stored bytes of an input file are due to go (its expires_at), while they are
+        still stored; None for any other file (the purge job's lookup column)."""
+        if self.purpose != "batch" or self.purged or self.deleted:
+            return None
+        return self.expires_at
 
 
 def evolve_file(state: FileView | None, event: ev.Event) -> FileView:
@@ -35,10 +45,13 @@ def evolve_file(state: FileView | None, event: ev.Event) -> FileView:
         case ev.FileCreated():
             return FileView(id=event.file_id, project=event.project, bytes=event.bytes, created_at=int(event.at),
                             expires_at=event.expires_at, filename=event.filename, purpose=event.purpose,
-                            batch_id=event.batch_id, version=1)
+                            batch_id=event.batch_id, results=event.results, version=1)
         case ev.FileDeleted():
             assert state is not None
             return msgspec.structs.replace(state, deleted=True, version=state.version + 1)
+        case ev.FileBytesPurged():
+            assert state is not None
+            return msgspec.structs.replace(state, purged=True, version=state.version + 1)
     raise TypeError(f"not a file event: {type(event).__name__}")
 
 
@@ -87,7 +100,7 @@ async def save_batch(conn: asyncpg.Connection, state: BatchState, seq: int = 0) 
 
 async def save_file(conn: asyncpg.Connection, view: FileView, seq: int = 0) -> None:
     await conn.execute(Q.file_view_upsert, view.id, view.project, seq, view.purpose, view.deleted, view.version,
-                       view.expires_at, _enc.encode(view))
+                       view.expires_at, _enc.encode(view), view.purge_after)
 
 
 async def get_file(conn, file_id: str, project: str) -> FileView | None:

@@ -22,7 +22,15 @@ from .sql import Q
 
 
 class _OutcomeLite(msgspec.Struct):
-    """What a view needs of a request outcome: the rebuild skips decoding response bodies."""
+    """What a view needs of a request outcome: its kind, usage and the size of its result line
+    (so the body, passed through as raw bytes); the rebuild skips decoding the attempts."""
+    index: int
+    custom_id: str
+    body: msgspec.Raw = ev.NULL
+    status_code: int | None = None
+    request_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
     usage: ev.Usage = ev.Usage()
 
 
@@ -32,10 +40,12 @@ _OUTCOME_TYPES = {"request_succeeded", "request_failed"}
 
 
 def _lite_outcome(etype: str, data: bytes) -> ev.Event:
+    o = _outcome_dec.decode(data)
     if etype == "request_succeeded":
-        return ev.RequestSucceeded(index=-1, custom_id="", status_code=200, body=ev.NULL, attempts=[],
-                                   usage=_outcome_dec.decode(data).usage)
-    return ev.RequestFailed(index=-1, custom_id="")
+        return ev.RequestSucceeded(index=o.index, custom_id=o.custom_id, status_code=o.status_code or 200,
+                                   body=o.body, attempts=[], request_id=o.request_id, usage=o.usage)
+    return ev.RequestFailed(index=o.index, custom_id=o.custom_id, status_code=o.status_code, body=o.body,
+                            request_id=o.request_id, error_code=o.error_code, error_message=o.error_message)
 
 
 class Folded(msgspec.Struct):
@@ -54,8 +64,8 @@ async def fold_log(conn: asyncpg.Connection, progress: Callable[[int, int], None
     async for pos, stream, etype, data in conn.cursor(Q.event_all_in_order, prefetch=1000):
         n += 1
         if etype in _OUTCOME_TYPES:
-            # The same evolve as the inline projection, fed an outcome without its response
-            # body: the view needs the outcome's kind and usage, not the bytes.
+            # The same evolve as the inline projection, fed an outcome without its attempts:
+            # the view needs the outcome's kind, usage and line size.
             batch_id = stream[len("batch-"):stream.rindex("/")]
             seq, state = batches[batch_id]
             batches[batch_id] = (seq, evolve(state, _lite_outcome(etype, data)))
@@ -80,7 +90,7 @@ def _batch_row(seq: int, s: BatchState) -> tuple:
 
 
 def _file_row(seq: int, f: FileView) -> tuple:
-    return (f.id, f.project, seq, f.purpose, f.deleted, f.version, f.expires_at, _enc.encode(f))
+    return (f.id, f.project, seq, f.purpose, f.deleted, f.version, f.expires_at, f.purge_after, _enc.encode(f))
 
 
 async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
@@ -99,7 +109,7 @@ async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
             columns=["id", "project", "seq", "status", "version", "doc"])
         await conn.copy_records_to_table(
             "file_view", records=[_file_row(seq, f) for seq, f in folded.files.values()],
-            columns=["id", "project", "seq", "purpose", "deleted", "version", "expires_at", "doc"])
+            columns=["id", "project", "seq", "purpose", "deleted", "version", "expires_at", "purge_after", "doc"])
     return folded
 
 

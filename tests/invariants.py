@@ -11,10 +11,11 @@ from eventbatch import batch as domain, events as ev, projections
 def assert_invariants(client, db, batch_id: str, input_custom_ids: list[str]) -> tuple[list[dict], list[dict]]:
     b = client.batches.retrieve(batch_id)
     assert b.status in ("completed", "expired", "cancelled", "failed"), b.status
-    out = [json.loads(x) for x in client.files.content(b.output_file_id).read().splitlines()] \
-        if b.output_file_id else []
-    err = [json.loads(x) for x in client.files.content(b.error_file_id).read().splitlines()] \
-        if b.error_file_id else []
+    files = {fid: client.files.content(fid).read() for fid in (b.output_file_id, b.error_file_id) if fid}
+    for fid, content in files.items():
+        assert client.files.retrieve(fid).bytes == len(content), "a file's bytes differ from its content"
+    out = [json.loads(x) for x in files[b.output_file_id].splitlines()] if b.output_file_id else []
+    err = [json.loads(x) for x in files[b.error_file_id].splitlines()] if b.error_file_id else []
     # 1. each input custom_id exactly once across output + error file
     seen = [x["custom_id"] for x in out + err]
     assert len(seen) == len(set(seen)), "a custom_id appears twice"
@@ -34,7 +35,7 @@ def assert_invariants(client, db, batch_id: str, input_custom_ids: list[str]) ->
     view = projections.decode_batch(db.fetchval("SELECT doc FROM batch_view WHERE id = $1", batch_id))
     assert view == state
     # the files are derived from the log: materialising them again gives the same lines
-    from eventbatch.worker.finalizer import output_line
+    from eventbatch.result_lines import output_line
     outcomes = sorted((ev.decode(r["data"]) for r in rows if r["request_index"] is not None), key=lambda o: o.index)
     again_out = [json.loads(output_line(batch_id, o)) for o in outcomes if isinstance(o, ev.RequestSucceeded)]
     again_err = [json.loads(output_line(batch_id, o)) for o in outcomes if isinstance(o, ev.RequestFailed)]

@@ -15,7 +15,7 @@ from .. import api_keys
 from ..config import Settings
 from ..metrics import HTTP_REQUESTS
 from ..worker.providers import configured_model_check
-from . import batch_events, batches, files, health
+from . import batch_events, batches, files, health, results, retry
 from .idempotency import idempotency_middleware
 from .errors import ApiError, ClientGone, error_response, parse_error_reason
 from .state import KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
@@ -118,5 +118,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
     files.add_routes(app)
     batches.add_routes(app)
     batch_events.add_routes(app)
+    results.add_routes(app)
+    retry.add_routes(app)
     health.add_routes(app)
     return app

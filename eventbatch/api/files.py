@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.helpers import content_disposition_header
 
-from .. import blobs, files as file_commands, projections
+from .. import blobs, files as file_commands, projections, results
 from ..store import NotFound
 from . import params, uploads, wire
 from .state import POOL, PROJECT
@@ -67,9 +67,12 @@ async def file_content(request: web.Request) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff"})
     response.content_length = view.bytes
     await response.prepare(request)
-    # The pool, not one connection: each query borrows a connection for a few pieces, so a slow
-    # reader holds none while it reads (file bytes never change once written).
-    async for piece in blobs.iter_pieces(pool, view.id):
+    # The pool, not one connection: each query borrows a connection for a page, so a slow
+    # reader holds none while it reads. An output or error file is derived from its batch's
+    # request events (SPEC §12.5); an upload's bytes are stored. Neither changes once written.
+    pages = results.file_pages(pool, view.batch_id, view.results) if view.results and view.batch_id \
+        else blobs.iter_pieces(pool, view.id)
+    async for piece in pages:
         await response.write(piece)
     await response.write_eof()
     return response

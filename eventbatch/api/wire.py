@@ -59,6 +59,7 @@ class BatchObject(msgspec.Struct):
     request_counts: RequestCounts
     usage: BatchUsage
     metadata: dict[str, str] | None
+    retry_of: str | None          # extension (SPEC §12.2): the batch this one retries; null otherwise
 
 
 class ListObject(msgspec.Struct):
@@ -91,7 +92,7 @@ def batch_object(s: BatchState) -> BatchObject:
         cancelling_at=s.cancelling_at, cancelled_at=s.cancelled_at, request_counts=s.request_counts,
         usage=BatchUsage(u.input_tokens, InputTokensDetails(u.cached_tokens), u.output_tokens,
                          OutputTokensDetails(u.reasoning_tokens), u.total_tokens),
-        metadata=s.metadata)
+        metadata=s.metadata, retry_of=s.retry_of)
 
 
 def list_object(items: list, has_more: bool) -> ListObject:

@@ -45,10 +45,10 @@ SELECT doc FROM batch_view WHERE project = $1 AND ($2::bigint IS NULL OR seq < $
 ORDER BY seq DESC LIMIT $3
 
 -- file_view_upsert --
-INSERT INTO file_view (id, project, seq, purpose, deleted, version, expires_at, doc)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO file_view (id, project, seq, purpose, deleted, version, expires_at, doc, purge_after)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (id) DO UPDATE SET deleted = EXCLUDED.deleted, version = EXCLUDED.version,
-  expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc
+  expires_at = EXCLUDED.expires_at, doc = EXCLUDED.doc, purge_after = EXCLUDED.purge_after
 
 -- file_view_get_own --
 SELECT doc FROM file_view WHERE id = $1 AND project = $2 AND NOT deleted
@@ -94,4 +94,11 @@ DELETE FROM file_view
 SELECT id, project, seq, status, version, doc FROM batch_view
 
 -- file_view_all --
-SELECT id, project, seq, purpose, deleted, version, expires_at, doc FROM file_view
+SELECT id, project, seq, purpose, deleted, version, expires_at, purge_after, doc FROM file_view
+
+-- file_view_purge_due --
+-- Input files whose bytes are due to be purged ($1: now, $2: how many), locked and skipped
+-- when another process's purge holds them (purge_after: migrations/020).
+SELECT doc FROM file_view WHERE purge_after <= $1
+ORDER BY purge_after LIMIT $2
+FOR UPDATE SKIP LOCKED

@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 
 from .. import batch as domain
+from ..files import purge_expired_inputs
 from ..sql import Q
 from .finalizer import settle_batch
 from .validating import validate_batch
@@ -35,3 +36,4 @@ class Sweeper:
                 raise
             except Exception:
                 log.exception("sweep_batch_failed", batch_id=r["id"])
+        await purge_expired_inputs(self.pool)

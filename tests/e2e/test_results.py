@@ -1,0 +1,168 @@
+"""Results (SPEC §12.1, §12.5) through the official openai client: output and error files served
+from the request events (no second copy, exact `bytes`, the same bytes at every download and
+after a rebuild), and GET /v1/batches/{id}/results while the batch runs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import time
+
+import asyncpg
+import openai
+import pytest
+from openai._legacy_response import LegacyAPIResponse
+
+from conftest import ROOT, base_env, chat_line, jsonl, slow_line, wait_status
+from eventbatch import ids, results
+from invariants import assert_invariants
+
+
+def run_batch(client, lines):
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def get_results(client: openai.OpenAI, batch_id: str, **params) -> tuple[LegacyAPIResponse, bytes, str]:
+    """GET /batches/{id}/results as a user of the openai client would: a request of the client's
+    own with its raw response (what `with_raw_response` gives), for the body and the cursor."""
+    r = client.get(f"/batches/{batch_id}/results", cast_to=bytes,
+                   options={"params": params, "headers": {"X-Stainless-Raw-Response": "true"}})
+    return r, r.content, r.headers["x-results-cursor"]
+
+
+def mixed_lines(n: int = 30) -> list[dict]:
+    # successes with bodies of several sizes, upstream 400s, and a custom_id that needs escaping
+    lines = [chat_line(i, max_tokens=5 + i % 9) if i % 7 else chat_line(i, mock={"status": 400}) for i in range(n)]
+    lines[3]["custom_id"] = 'quote"d-ünïcode-3'
+    return lines
+
+
+def content(client, file_id) -> bytes:
+    return client.files.content(file_id).read() if file_id else b""
+
+
+def rebuild(database_url: str) -> None:
+    subprocess.run([sys.executable, "-m", "eventbatch", "projections", "rebuild"], cwd=ROOT, check=True,
+                   env=base_env(database_url), capture_output=True, timeout=300)
+
+
+def test_output_files_are_served_from_the_log(client, db, database_url):
+    lines = mixed_lines()
+    b = run_batch(client, lines)
+    done = wait_status(client, b.id, {"completed"}, timeout=60)
+    # the lines equal those re-derived from the events; bytes == content length (tests/invariants.py)
+    out, err = assert_invariants(client, db, b.id, [x["custom_id"] for x in lines])
+    assert len(out) == 25 and len(err) == 5
+    files = {fid: content(client, fid) for fid in (done.output_file_id, done.error_file_id)}
+    # no second copy of the bodies: nothing stored for the output and error files
+    assert db.fetchval("SELECT count(*) FROM file_blobs WHERE file_id = ANY($1::text[])", list(files)) == 0
+    for fid, data in files.items():
+        f = client.files.retrieve(fid)
+        assert f.bytes == len(data) and f.purpose == "batch_output"
+        assert content(client, fid) == data        # the same bytes at every download
+    # output lines in input order
+    assert [x["custom_id"] for x in out] == [x["custom_id"] for i, x in enumerate(lines) if i % 7]
+    # a rebuild of every view leaves every output file's bytes (and `bytes`) unchanged
+    rebuild(database_url)
+    for fid, data in files.items():
+        assert content(client, fid) == data and client.files.retrieve(fid).bytes == len(data)
+    # deleting an output file hides it and frees nothing the log needs
+    events_before = db.fetchval("SELECT count(*) FROM events WHERE batch_id = $1", b.id)
+    assert client.files.delete(done.output_file_id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(done.output_file_id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.output_file_id)
+    assert db.fetchval("SELECT count(*) FROM events WHERE batch_id = $1", b.id) == events_before
+    assert content(client, done.error_file_id) == files[done.error_file_id]
+    _, all_lines, _ = get_results(client, b.id)
+    assert sorted(all_lines.splitlines()) == sorted(b"".join(files.values()).splitlines())
+
+
+def test_file_pages_are_bounded_by_bytes_and_join_to_the_same_file(client, db, database_url):
+    lines = [chat_line(i, max_tokens=50 + i) for i in range(40)]
+    b = run_batch(client, lines)
+    done = wait_status(client, b.id, {"completed"}, timeout=60)
+    whole = content(client, done.output_file_id)
+
+    async def pages(page_bytes):
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [p async for p in results.file_pages(conn, b.id, "succeeded", page_bytes=page_bytes)]
+        finally:
+            await conn.close()
+    one_per_page = asyncio.run(pages(1))       # a budget below one event: a line per page, still moving
+    assert len(one_per_page) == 40 and b"".join(one_per_page) == whole
+    few = asyncio.run(pages(4000))
+    assert 1 < len(few) < 40 and b"".join(few) == whole
+
+
+def test_results_while_running_then_the_union_is_the_files(client, db):
+    fast = [chat_line(i) for i in range(8)] + [chat_line(8, mock={"status": 400}), chat_line(9, mock={"status": 400})]
+    lines = fast + [slow_line(10, seconds=4), slow_line(11, seconds=4)]
+    b = run_batch(client, lines)
+    got: list[bytes] = []
+    cursor = ""
+    partial_seen = False
+    deadline = time.time() + 60
+    while True:
+        status = client.batches.retrieve(b.id).status
+        r, body, cursor = get_results(client, b.id, **({"after": cursor} if cursor else {}))
+        assert r.headers["content-type"].startswith("application/jsonl")
+        got += body.splitlines(keepends=True)
+        if status == "in_progress" and len(got) >= 10:
+            partial_seen = True
+            assert len(got) == 10          # the fast ones, before the slow ones finished
+        if status == "completed":
+            break
+        assert time.time() < deadline, status
+        time.sleep(0.2)
+    assert partial_seen, "no partial results were seen while the batch ran"
+    done = client.batches.retrieve(b.id)
+    out, err = content(client, done.output_file_id), content(client, done.error_file_id)
+    # the union over cursors is the output file plus the error file, each line once, byte for byte
+    assert len(got) == len(set(got)) == 12
+    assert sorted(got) == sorted(out.splitlines(keepends=True) + err.splitlines(keepends=True))
+    # in record order: the order of the outcomes' log positions
+    order = [r["request_index"] for r in db.fetch(
+        "SELECT request_index FROM events WHERE batch_id = $1 AND request_index IS NOT NULL ORDER BY position", b.id)]
+    index_of = {ids.request_line_id(b.id, i): i for i in range(len(lines))}
+    assert [index_of[json.loads(x)["id"]] for x in got] == order
+    # nothing new after the last cursor; the whole of it again from the start
+    _, body, again = get_results(client, b.id, after=cursor)
+    assert body == b"" and again == cursor
+    _, body, _ = get_results(client, b.id)
+    assert body == b"".join(got)
+    # the status filter
+    _, failed, _ = get_results(client, b.id, status="failed")
+    assert failed == err and len(err.splitlines()) == 2
+    _, succeeded, _ = get_results(client, b.id, status="succeeded")
+    assert sorted(succeeded.splitlines()) == sorted(out.splitlines())
+
+
+def test_results_in_every_status_and_for_nobody_else(client, server, new_key):
+    b = run_batch(client, [slow_line(0, seconds=30)])
+    r, body, cursor = get_results(client, b.id)     # validating or in_progress: nothing yet
+    assert r.status_code == 200 and body == b"" and cursor.isdigit()
+    client.batches.cancel(b.id)
+    wait_status(client, b.id, {"cancelled"})
+    _, body, _ = get_results(client, b.id, status="failed")
+    assert b"batch_cancelled" in body
+    # another project's batch is the same 404 as one that never existed
+    other = openai.OpenAI(base_url=server.base_url, api_key=new_key(), max_retries=0)
+    with pytest.raises(openai.NotFoundError) as theirs:
+        get_results(other, b.id)
+    with pytest.raises(openai.NotFoundError) as missing:
+        get_results(client, "batch_doesnotexist")
+    assert theirs.value.body["message"].replace(b.id, "X") == missing.value.body["message"].replace(
+        "batch_doesnotexist", "X")
+    with pytest.raises(openai.BadRequestError) as bad:
+        get_results(client, b.id, status="done")
+    assert bad.value.body["param"] == "status"
+    with pytest.raises(openai.BadRequestError) as bad:
+        get_results(client, b.id, after="yesterday")
+    assert bad.value.body["param"] == "after"
