@@ -105,11 +105,11 @@ async def create_batch(request: web.Request) -> web.Response:
                 window_seconds=settings.window_seconds)
         except batch_commands.BadInputFile as exc:
             raise bad_request(str(exc), param="input_file_id") from None
-    spawn_after_commit(request, lambda: _validate(request.app, state.id))
+    spawn_after_commit(request, lambda: validate_in_background(request.app, state.id))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
 
 
-async def _validate(app: web.Application, batch_id: str) -> None:
+async def validate_in_background(app: web.Application, batch_id: str) -> None:
     async with app[VALIDATION_SLOTS]:
         await validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size, serves_model=app[SERVES_MODEL])
     # Cancelled while it validated: the cancel's own settle found a validation running and left it.

@@ -9,15 +9,15 @@ from aiohttp import web
 from .. import retry
 from ..batch import Conflict, NothingToRetry
 from ..store import NotFound
-from ..worker.validating import validate_batch
 from . import wire
+from .batches import validate_in_background
 from .errors import ApiError, bad_request, not_found
-from .state import POOL, PROJECT, SERVES_MODEL, SETTINGS, VALIDATION_SLOTS, spawn
+from .state import PROJECT, SETTINGS, connection, spawn_after_commit
 
 
 async def retry_batch(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         try:
             state = await retry.retry_batch(conn, project=request[PROJECT], batch_id=batch_id,
                                             window_seconds=request.app[SETTINGS].window_seconds)
@@ -27,14 +27,9 @@ async def retry_batch(request: web.Request) -> web.Response:
             raise ApiError(409, str(exc)) from None
         except NothingToRetry as exc:
             raise bad_request(str(exc)) from None
-    spawn(request.app, _validate(request.app, state.id))
+    # As after a create: the new batch is validated in the background once it is committed.
+    spawn_after_commit(request, lambda: validate_in_background(request.app, state.id))
     return web.Response(body=wire.encode(wire.batch_object(state)), content_type="application/json")
-
-
-async def _validate(app: web.Application, batch_id: str) -> None:
-    # As after a create (api/batches.py): validation in the background, a few at a time.
-    async with app[VALIDATION_SLOTS]:
-        await validate_batch(app[POOL], batch_id, app[SETTINGS].chunk_size, serves_model=app[SERVES_MODEL])
 
 
 def add_routes(app: web.Application) -> None:
