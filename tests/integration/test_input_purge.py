@@ -68,7 +68,8 @@ def test_the_sweep_purges_expired_input_bytes(url):
             _, diffs = await rebuild.verify(conn)
             assert diffs == []
             await rebuild.rebuild(conn)
-            assert await conn.fetchval("SELECT purged FROM file_view WHERE id = $1", expired)
+            assert await conn.fetchval("SELECT purge_after FROM file_view WHERE id = $1", expired) is None
+            assert projections.decode_file(await conn.fetchval("SELECT doc FROM file_view WHERE id = $1", expired)).purged
             assert await files.purge_expired_inputs(pool) == 0
     _go(url, scenario)
 
