@@ -12,7 +12,7 @@ import structlog
 
 from . import batch as domain
 from . import events as ev
-from . import ids, projections, store
+from . import ids, projections, store, webhooks
 from .batch import BatchState
 from .sql import Q
 from .store import NotFound
@@ -39,9 +39,13 @@ async def transition(conn: asyncpg.Connection, batch_id: str,
 
 async def append(conn: asyncpg.Connection, state: BatchState, new: list[ev.Event]) -> BatchState:
     """Append batch-level events to a batch whose view row the caller holds locked, with what
-    they bring along in the same transaction: the view, the work queue, the wake-up."""
+    they bring along in the same transaction: the view, the work queue, the wake-up, and the
+    webhook deliveries owed when the batch ends (every terminal event passes here)."""
+    was_open = not state.terminal
     await store.append(conn, store.batch_stream(state.id), state.version, new, batch_id=state.id)
     state = domain.fold(state, new)
+    if was_open and state.terminal:
+        await webhooks.owe_deliveries(conn, state, at=new[-1].at)
     await projections.save_batch(conn, state)
     for e in new:
         if isinstance(e, ev.BatchValidated):

@@ -1,5 +1,5 @@
-"""The command line: `eventbatch serve | api | worker | migrate | keys | replay | projections |
-mock-upstream`. Errors a person sees are one line that says what to do."""
+"""The command line: `eventbatch serve | api | worker | migrate | keys | webhooks | replay |
+projections | mock-upstream`. Errors a person sees are one line that says what to do."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     kc = keys.add_parser("create", help="create an API key for a project")
     kc.add_argument("--project", required=True)
+    # webhooks (SPEC §12.4): the operator's registry of a project's endpoints
+    wh = sub.add_parser("webhooks", help="webhook endpoints told when a project's batches end").add_subparsers(
+        dest="webhooks_command", required=True)
+    wa = wh.add_parser("add", help="register an endpoint; its signing secret is the last line printed")
+    wa.add_argument("--project", required=True, help="the project whose batches it hears of")
+    wa.add_argument("--url", required=True, help="where to POST the events (http or https)")
+    wa.add_argument("--events", help="comma-separated: batch.completed, batch.failed, batch.cancelled, "
+                                     "batch.expired (default: all four)")
+    wl = wh.add_parser("list", help="the registered endpoints (never their secrets)")
+    wl.add_argument("--project", help="only this project's")
+    wr = wh.add_parser("remove", help="remove an endpoint; its pending deliveries are dropped")
+    wr.add_argument("endpoint_id", metavar="ID")
     rp = sub.add_parser("replay", help="a batch's events in order, for audits")
     rp.add_argument("batch_id")
     rp.add_argument("--json", action="store_true", help="JSON lines")
@@ -111,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             case "keys":
                 from .api_keys import create_key_command
                 return asyncio.run(create_key_command(settings, args.project))
+            case "webhooks":
+                from .webhooks import webhooks_command
+                return asyncio.run(webhooks_command(settings, args))
             case "replay":
                 from .replay import replay
                 return asyncio.run(replay(settings, args.batch_id, as_json=args.json, requests=args.requests))

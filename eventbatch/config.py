@@ -29,6 +29,11 @@ class Settings(msgspec.Struct, kw_only=True):
     lease_seconds: float = 30.0
     log_format: str | None = None
     chunk_size: int = 256
+    # Webhook deliveries (SPEC §12.4): the wait before the first retry (each later one waits 4×
+    # longer, at most 12 h), how long a delivery is retried, and each attempt's time limit.
+    webhook_backoff_seconds: float = 5.0
+    webhook_retry_seconds: float = 72 * 3600.0
+    webhook_timeout_seconds: float = 10.0
 
     def __repr__(self) -> str:  # never print the provider key
         return (f"Settings(database_url={mask_url(self.database_url) if self.database_url else 'embedded'}, "
@@ -49,6 +54,9 @@ _ENV = {
     "EVENTBATCH_LEASE_SECONDS": "lease_seconds",
     "EVENTBATCH_LOG_FORMAT": "log_format",
     "EVENTBATCH_CHUNK_SIZE": "chunk_size",
+    "EVENTBATCH_WEBHOOK_BACKOFF_SECONDS": "webhook_backoff_seconds",
+    "EVENTBATCH_WEBHOOK_RETRY_SECONDS": "webhook_retry_seconds",
+    "EVENTBATCH_WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",
 }
 SETTING_NAMES = tuple(_ENV)
 
@@ -157,6 +165,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         ("max_attempts", int, 1, 100),
         ("lease_seconds", float, 1, 3600),
         ("chunk_size", int, 1, 50_000),
+        ("webhook_backoff_seconds", float, 0.01, 86400),
+        ("webhook_retry_seconds", float, 1, 30 * 86400),
+        ("webhook_timeout_seconds", float, 0.1, 300),
     ):
         if field in raw:
             env_name = next(n for n, f in _ENV.items() if f == field)

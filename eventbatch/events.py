@@ -158,12 +158,46 @@ class BatchCancelled(Event, tag="batch_cancelled"):
     at: float
 
 
+# --- webhook deliveries (stream 'webhook-<delivery id>', SPEC §12.4) -------------------------
+
+class WebhookDeliveryOwed(Event, tag="webhook_delivery_owed"):
+    """A batch ended: its project's endpoint is owed one delivery (in the terminal transaction)."""
+    delivery_id: str
+    endpoint_id: str
+    batch_id: str
+    event_id: str
+    event_type: str            # batch.completed, batch.failed, batch.cancelled, batch.expired
+    url: str
+    at: float
+
+
+class WebhookAttempted(Event, tag="webhook_attempted"):
+    """One POST of a delivery. next_attempt_at is None once it is delivered or given up."""
+    delivery_id: str
+    attempt: int
+    at: float
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = None   # timeout, connection refused: a short description
+    delivered: bool = False
+    next_attempt_at: float | None = None
+
+
+class WebhookDeliveryDropped(Event, tag="webhook_delivery_dropped"):
+    """No more attempts: its endpoint was removed."""
+    delivery_id: str
+    reason: str
+    at: float
+
+
 AnyEvent = Union[
     FileCreated, FileDeleted, FileBytesPurged,
     BatchCreated, BatchValidated, BatchValidationFailed, BatchStarted,
     RequestSucceeded, RequestFailed,
     BatchFinalizing, BatchOutputWritten, BatchCompleted, BatchExpired, BatchCancelling, BatchCancelled,
+    WebhookDeliveryOwed, WebhookAttempted, WebhookDeliveryDropped,
 ]
+WEBHOOK_EVENTS = (WebhookDeliveryOwed, WebhookAttempted, WebhookDeliveryDropped)
 REQUEST_OUTCOMES = (RequestSucceeded, RequestFailed)
 
 _encoder = msgspec.json.Encoder()

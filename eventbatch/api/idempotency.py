@@ -27,6 +27,7 @@ import msgspec
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
 
+from ..idempotency import RETENTION_SECONDS
 from ..sql import Q
 from .errors import ApiError, bad_request
 from .state import POOL, PROJECT, REQUEST_TRANSACTION, RequestTransaction
@@ -34,7 +35,6 @@ from .state import POOL, PROJECT, REQUEST_TRANSACTION, RequestTransaction
 log = structlog.get_logger("eventbatch.api")
 
 HEADER = "Idempotency-Key"
-RETENTION_SECONDS = 24 * 3600
 MAX_KEY_LENGTH = 255
 
 

@@ -18,6 +18,7 @@ import msgspec
 import asyncpg
 import structlog
 
+from .. import idempotency
 from .. import batch as domain, events as ev, projections, store
 from ..config import Settings
 from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
@@ -26,6 +27,7 @@ from .finalizer import settle_batch
 from .providers import Provider, load_providers, model_check, provider_for
 from .recorder import HeldChunk, Recorder
 from .sweeper import Sweeper
+from .webhooks import Deliveries
 
 log = structlog.get_logger("eventbatch.worker")
 
@@ -102,7 +104,10 @@ class Worker:
                  want_requests=self.want_requests)
         for coro, name in ((self.recorder.run(), "recorder"), (self._claim_loop(), "claimer"),
                            (self._heartbeat_loop(), "heartbeat"), (self._watch_loop(), "watcher"),
-                           (self._sweep_loop(), "sweeper")):
+                           (self._sweep_loop(), "sweeper"),
+                           (Deliveries(self.pool, self.settings).run(self._stop), "webhooks"),
+                           (self._every(idempotency.PURGE_INTERVAL_SECONDS, self._purge_idempotency_keys),
+                            "idempotency_purge")):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -164,6 +169,9 @@ class Worker:
 
     async def sweep(self) -> None:
         await self.sweeper.sweep()
+
+    async def _purge_idempotency_keys(self) -> None:
+        await idempotency.purge_expired(self.pool)
 
     def _batch_done(self, batch_id: str) -> None:
         self._spawn(settle_batch(self.pool, batch_id, self.settings.chunk_size))
