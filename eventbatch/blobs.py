@@ -3,6 +3,7 @@ so not in the log. The views say which file exists; this module only moves its b
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import asyncpg
@@ -17,10 +18,15 @@ class TooLarge(Exception):
 
 
 class BlobWriter:
-    """Buffers at most one piece in memory and writes full pieces as they fill."""
+    """Buffers at most one piece in memory and writes full pieces as they fill.
 
-    def __init__(self, conn: asyncpg.Connection, file_id: str, max_bytes: int | None = None):
-        self.conn, self.file_id, self.max_bytes = conn, file_id, max_bytes
+    `conn` is a connection (the pieces join its transaction) or a pool (each piece is a short
+    transaction of its own, on a connection borrowed for that insert only, within `slots` when
+    given: what an upload does, so that a slow client holds no connection while it sends)."""
+
+    def __init__(self, conn: asyncpg.Connection | asyncpg.Pool, file_id: str, max_bytes: int | None = None,
+                 slots: asyncio.Semaphore | None = None):
+        self.conn, self.file_id, self.max_bytes, self.slots = conn, file_id, max_bytes, slots
         self.size = 0
         self._buf = bytearray()
         self._piece = 0
@@ -35,7 +41,11 @@ class BlobWriter:
             del self._buf[:PIECE]
 
     async def _flush(self, data: bytes) -> None:
-        await self.conn.execute(Q.blob_piece_insert, self.file_id, self._piece, data)
+        if self.slots is None:
+            await self.conn.execute(Q.blob_piece_insert, self.file_id, self._piece, data)
+        else:
+            async with self.slots:
+                await self.conn.execute(Q.blob_piece_insert, self.file_id, self._piece, data)
         self._piece += 1
 
     async def close(self) -> int:
@@ -67,5 +77,11 @@ async def read_range(conn: asyncpg.Connection, file_id: str, start: int, end: in
     return b"".join([p async for p in iter_pieces(conn, file_id, start, end)])
 
 
-async def delete_blob(conn: asyncpg.Connection, file_id: str) -> None:
+async def delete_blob(conn: asyncpg.Connection | asyncpg.Pool, file_id: str) -> None:
     await conn.execute(Q.blob_delete, file_id)
+
+
+async def delete_orphans(conn: asyncpg.Connection | asyncpg.Pool, idle_seconds: float) -> list[str]:
+    """Drop the pieces of uploads that never became a file and that nothing added to for
+    `idle_seconds`; returns the file ids whose pieces went."""
+    return sorted({r[0] for r in await conn.fetch(Q.blob_orphans_delete, idle_seconds)})

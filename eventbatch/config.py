@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, kw_only=True):
     webhook_backoff_seconds: float = 5.0
     webhook_retry_seconds: float = 72 * 3600.0
     webhook_timeout_seconds: float = 10.0
+    # The longest an upload may take to send each piece (1 MiB) of its body; a slower one is cut
+    # off with 408, so stalled clients cannot keep an upload open for ever.
+    upload_read_timeout_seconds: float = 30.0
 
     def __repr__(self) -> str:  # never print the provider key
         return (f"Settings(database_url={mask_url(self.database_url) if self.database_url else 'embedded'}, "
@@ -57,6 +60,7 @@ _ENV = {
     "EVENTBATCH_WEBHOOK_BACKOFF_SECONDS": "webhook_backoff_seconds",
     "EVENTBATCH_WEBHOOK_RETRY_SECONDS": "webhook_retry_seconds",
     "EVENTBATCH_WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",
+    "EVENTBATCH_UPLOAD_READ_TIMEOUT_SECONDS": "upload_read_timeout_seconds",
 }
 SETTING_NAMES = tuple(_ENV)
 
@@ -168,6 +172,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         ("webhook_backoff_seconds", float, 0.01, 86400),
         ("webhook_retry_seconds", float, 1, 30 * 86400),
         ("webhook_timeout_seconds", float, 0.1, 300),
+        ("upload_read_timeout_seconds", float, 0.5, 3600),
     ):
         if field in raw:
             env_name = next(n for n, f in _ENV.items() if f == field)

@@ -3,6 +3,7 @@ blobs.py; the file's existence is its `file_created` event and its view."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import AsyncIterator
 
@@ -26,15 +27,33 @@ async def create_file(conn: asyncpg.Connection, event: ev.FileCreated) -> FileVi
     return view
 
 
-async def store_upload(conn: asyncpg.Connection, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
-    """Stream uploaded bytes into storage under a new file id; raises blobs.TooLarge past the
-    limit. The caller runs it in the transaction that records the file, so a failed or
-    oversized upload leaves nothing behind."""
+async def store_upload(pool: asyncpg.Pool, chunks: AsyncIterator[bytes],
+                       slots: asyncio.Semaphore | None = None) -> tuple[str, int]:
+    """Stream uploaded bytes into storage under a new file id, each piece in a short transaction
+    of its own as it arrives (a slow client holds no transaction and no connection while it
+    sends); raises blobs.TooLarge past the limit.
+
+    The pieces name no file yet: the file exists only once record_upload's file_created event
+    commits. An upload that fails here drops its pieces at once; one that never reaches
+    record_upload is dropped by discard_upload, or else by blobs.delete_orphans later."""
     fid = ids.file_id()
-    writer = blobs.BlobWriter(conn, fid, max_bytes=MAX_FILE_BYTES)
-    async for chunk in chunks:
-        await writer.write(chunk)
-    return fid, await writer.close()
+    writer = blobs.BlobWriter(pool, fid, max_bytes=MAX_FILE_BYTES, slots=slots)
+    try:
+        async for chunk in chunks:
+            await writer.write(chunk)
+        return fid, await writer.close()
+    except BaseException:
+        await discard_upload(pool, fid)
+        raise
+
+
+async def discard_upload(pool: asyncpg.Pool, file_id: str) -> None:
+    """Drop the pieces of an upload that will not become a file. Best effort: what cannot be
+    dropped now (the database is away) is an orphan that blobs.delete_orphans drops later."""
+    try:
+        await asyncio.shield(blobs.delete_blob(pool, file_id))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pass
 
 
 async def record_upload(conn: asyncpg.Connection, *, file_id: str, project: str, filename: str, purpose: str,

@@ -15,10 +15,11 @@ from .. import api_keys
 from ..config import Settings
 from ..metrics import HTTP_REQUESTS
 from ..worker.providers import configured_model_check
-from . import batch_events, batches, files, health, results, retry
+from . import batch_events, batches, files, health, results, retry, uploads
 from .idempotency import idempotency_middleware
 from .errors import ApiError, ClientGone, error_response, parse_error_reason
-from .state import KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS
+from .state import (KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS,
+                    spawn)
 
 log = structlog.get_logger("eventbatch.api")
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
         else:
             from ..db import create_pool
             app[POOL] = await create_pool(database_url, max_size=pool_size)
+        spawn(app, uploads.drop_orphan_pieces(app))
         yield
         for t in list(app[TASKS]):
             t.cancel()

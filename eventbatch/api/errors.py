@@ -26,14 +26,19 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None):
+                 type: str | None = None, close_connection: bool = False):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        # For an answer given before the body was read to its end: the rest is not waited for.
+        self.close_connection = close_connection
 
     def response(self, headers: dict | None = None) -> web.Response:
-        return error_response(self.status, self.message, param=self.param, code=self.code, type=self.type,
-                              headers=headers)
+        response = error_response(self.status, self.message, param=self.param, code=self.code, type=self.type,
+                                  headers=headers)
+        if self.close_connection:
+            response.force_close()
+        return response
 
 
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,

@@ -21,8 +21,9 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", set)
 KEY_CACHE = web.AppKey("key_cache", dict)
-# An upload holds a connection (its transaction) while the client sends; a validation while it
-# reads the file. Bounded, so that slow clients or big files leave the rest of the pool to the API.
+# An upload holds a connection only while it writes one piece (a short transaction each), a
+# validation while it reads the file. Bounded, so that many uploads or big files leave the rest
+# of the pool to the API.
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 VALIDATION_SLOTS = web.AppKey("validation_slots", asyncio.Semaphore)
 # Whether a configured provider serves a model (providers.model_check); None: every model is.

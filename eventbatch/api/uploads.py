@@ -7,9 +7,12 @@ filename Postgres cannot store is a 400, a client that leaves mid-upload is one 
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
+import asyncpg
 import msgspec
+import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -18,7 +21,9 @@ from ..validation import MAX_FILE_BYTES
 from . import params, wire
 from .errors import ApiError, ClientGone, bad_request, invalid_value, parse_error_reason
 from .idempotency import multipart
-from .state import PROJECT, UPLOAD_SLOTS, connection
+from .state import POOL, PROJECT, SETTINGS, UPLOAD_SLOTS, connection
+
+log = structlog.get_logger("eventbatch.api")
 
 MULTIPART_SLACK = 64 * 1024  # room for the multipart envelope around a file at the size limit
 FIELD_LIMIT = 1024           # bytes of a non-file field (purpose, expires_after…)
@@ -31,20 +36,37 @@ def too_large() -> ApiError:
 
 
 class PartReader:
-    """The parts of one multipart body, with the wire's failures turned into API errors."""
+    """The parts of one multipart body, with the wire's failures turned into API errors.
 
-    def __init__(self, reader: MultipartReader):
-        self.reader = reader
+    Every piece of the body (1 MiB, counted over all parts) must arrive within `timeout`
+    seconds of the one before (of the start, for the first): a client that sends slower is cut
+    off with 408 instead of keeping its upload open for as long as it likes."""
+
+    def __init__(self, reader: MultipartReader, timeout: float):
+        self.reader, self.timeout = reader, timeout
         self.received = 0   # bytes of part content read so far, for the log of an abandoned upload
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + timeout
 
     async def _guard(self, coro):
         try:
-            return await coro
+            async with asyncio.timeout_at(self._deadline):
+                return await coro
+        except TimeoutError:
+            raise ApiError(408, f"The upload stalled: less than 1 MiB arrived in {self.timeout:g} seconds. "
+                                "Upload again over a faster connection.", param="file",
+                           close_connection=True) from None
         except HttpProcessingError as exc:
             raise bad_request(f"A part of the multipart body is malformed: {parse_error_reason(exc)}.",
                               param="file") from None
         except ConnectionResetError:
             raise ClientGone("upload_abandoned", bytes_received=self.received) from None
+
+    def _count(self, n: int) -> None:
+        before = self.received // blobs.PIECE
+        self.received += n
+        if self.received // blobs.PIECE > before:
+            self._deadline = self._loop.time() + self.timeout
 
     async def next(self) -> BodyPartReader | None:
         part = await self._guard(self.reader.next())
@@ -54,7 +76,7 @@ class PartReader:
 
     async def chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
         while chunk := await self._guard(part.read_chunk(READ_SIZE)):
-            self.received += len(chunk)
+            self._count(len(chunk))
             yield chunk
 
     async def field(self, part: BodyPartReader) -> bytes:
@@ -80,14 +102,15 @@ async def create_file(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise bad_request("Upload a file as multipart/form-data with fields 'file' and 'purpose'.", param="file")
     try:
-        reader = PartReader(await multipart(request))   # hashes the parts when there is an Idempotency-Key
+        body = await multipart(request)   # hashes the parts when there is an Idempotency-Key
     except (ValueError, KeyError):   # no boundary, or a bad one
         raise bad_request("The multipart body needs a boundary in its Content-Type header.", param="file") from None
-    fields: dict[str, str] = {}
-    expires_json: bytes | None = None
-    project = request[PROJECT]
-    async with request.app[UPLOAD_SLOTS], connection(request) as conn, conn.transaction():
-        stored = None
+    reader = PartReader(body, request.app[SETTINGS].upload_read_timeout_seconds)
+    pool = request.app[POOL]
+    stored: tuple[str, int] | None = None
+    try:
+        fields: dict[str, str] = {}
+        expires_json: bytes | None = None
         filename = "upload.jsonl"
         while (part := await reader.next()) is not None:
             if part.name == "file":
@@ -95,7 +118,9 @@ async def create_file(request: web.Request) -> web.Response:
                     raise bad_request("Send exactly one 'file' field.", param="file")
                 filename = params.text(part.filename or "upload.jsonl", "file", "The filename")
                 try:
-                    stored = await file_commands.store_upload(conn, reader.chunks(part))
+                    # Each piece its own short transaction, within the upload slots: no
+                    # connection or transaction is held while the client sends.
+                    stored = await file_commands.store_upload(pool, reader.chunks(part), request.app[UPLOAD_SLOTS])
                 except blobs.TooLarge:
                     raise too_large() from None
             elif part.name == "expires_after":
@@ -110,9 +135,16 @@ async def create_file(request: web.Request) -> web.Response:
             raise bad_request("Missing required parameter: 'purpose'.", param="purpose")
         if purpose != "batch":      # the only purpose of an upload here (batch_output is ours)
             raise invalid_value("purpose", purpose, ("batch",))
-        view = await file_commands.record_upload(conn, file_id=stored[0], project=project, filename=filename,
-                                                 purpose=purpose, size=stored[1],
-                                                 expires_after=expires_after(fields, expires_json))
+        seconds = expires_after(fields, expires_json)
+        # The file exists from here on: its file_created event and view, in one short transaction.
+        async with connection(request) as conn, conn.transaction():
+            view = await file_commands.record_upload(conn, file_id=stored[0], project=request[PROJECT],
+                                                     filename=filename, purpose=purpose, size=stored[1],
+                                                     expires_after=seconds)
+    except BaseException:
+        if stored is not None:
+            await file_commands.discard_upload(pool, stored[0])
+        raise
     return web.Response(body=wire.encode(wire.file_object(view)), content_type="application/json")
 
 
@@ -142,3 +174,27 @@ def expires_after(fields: dict[str, str], as_json: bytes | None) -> int | None:
         raise bad_request("expires_after[seconds] must be between 3600 (1 hour) and 2592000 (30 days).",
                           param="expires_after.seconds")
     return value
+
+
+ORPHAN_SWEEP_SECONDS = 60.0
+
+
+def orphan_idle_seconds(read_timeout: float) -> float:
+    """How long the pieces of an upload that never became a file wait before they are dropped:
+    far longer than a live upload can go without adding one (its read timeout)."""
+    return max(600.0, 4 * read_timeout)
+
+
+async def drop_orphan_pieces(app: web.Application) -> None:
+    """The API's background sweep of upload pieces that never became a file (the client left,
+    or a process died mid-upload); at start, then every minute. Any API process may run it: the
+    delete is the same whoever does it."""
+    idle = orphan_idle_seconds(app[SETTINGS].upload_read_timeout_seconds)
+    while True:
+        try:
+            freed = await blobs.delete_orphans(app[POOL], idle)
+            if freed:
+                log.info("upload_orphans_dropped", files=len(freed))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("upload_orphans_sweep_failed", error=type(exc).__name__)
+        await asyncio.sleep(ORPHAN_SWEEP_SECONDS)

@@ -1,0 +1,136 @@
+"""Slow clients cannot starve others (SPEC §14): an upload writes its pieces in short
+transactions as they arrive and holds no connection while the client sends, an upload that
+stalls is cut off after the read timeout, and the pieces of uploads that never became a file are
+dropped."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+import uuid
+
+import openai
+import pytest
+
+from conftest import chat_line, jsonl, start_server
+
+READ_TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def slow_server(start_proc, mock):
+    """A server with a short upload read timeout, so that stalls are cut off within the test."""
+    return start_server(start_proc, mock.base_url, EVENTBATCH_UPLOAD_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT))
+
+
+def host_port(server) -> tuple[str, int]:
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    return host, int(port)
+
+
+class Trickle(threading.Thread):
+    """An upload that sends its head, then one byte every `every` seconds for at most `seconds`
+    (bounded: the test ends whatever the server does), and records how it ended."""
+
+    def __init__(self, server, key: str, every: float = 0.5, seconds: float = 8.0, tag: str | None = None):
+        super().__init__(daemon=True)
+        self.server, self.key, self.every, self.seconds = server, key, every, seconds
+        self.tag = tag or "req_trickle_" + uuid.uuid4().hex[:8]
+        self.answer = b""
+        self.ended_at: float | None = None
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        with socket.create_connection(host_port(self.server), timeout=self.seconds + 5) as s:
+            s.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {self.key}\r\n"
+                       f"x-request-id: {self.tag}\r\n"
+                       "Content-Type: multipart/form-data; boundary=tb\r\nContent-Length: 100000\r\n\r\n"
+                       "--tb\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+                       "--tb\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n\r\n"
+                       ).encode())
+            self.started.set()
+            s.settimeout(self.every)
+            while time.monotonic() - start < self.seconds:
+                try:
+                    s.sendall(b"{")
+                except OSError:
+                    break
+                try:
+                    got = s.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not got:
+                    break
+                self.answer += got
+                if b"\r\n\r\n" in self.answer:
+                    break
+            self.ended_at = time.monotonic() - start
+
+
+def idle_in_transaction(db) -> int:
+    return db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventbatch' "
+                       "AND state = 'idle in transaction'")
+
+
+def test_twenty_trickling_uploads_leave_other_uploads_working(slow_server, new_key, db):
+    trickles = [Trickle(slow_server, new_key()) for _ in range(20)]
+    for t in trickles:
+        t.start()
+    for t in trickles:
+        t.started.wait(5)
+    time.sleep(1.0)   # all twenty are sending, a byte every half second
+    assert idle_in_transaction(db) == 0     # nothing holds a transaction open while its client sends
+    client = openai.OpenAI(base_url=slow_server.base_url, api_key=new_key(), max_retries=0, timeout=10)
+    data = jsonl([chat_line(i) for i in range(2000)])   # a few pieces of 1 MiB
+    start = time.monotonic()
+    f = client.files.create(file=("normal.jsonl", io.BytesIO(data)), purpose="batch")
+    took = time.monotonic() - start
+    assert f.bytes == len(data) and client.files.content(f.id).read() == data
+    assert took < 3.0, f"a normal upload took {took:.1f}s beside twenty trickling ones"
+    assert sum(t.is_alive() for t in trickles) >= 15   # they were still sending while it ran
+    for t in trickles:
+        t.join(15)
+
+
+def test_a_stalled_upload_is_cut_off_and_leaves_nothing(slow_server, new_key, db):
+    key = new_key()
+    before = db.fetchval("SELECT count(DISTINCT file_id) FROM file_blobs")
+    mark = len(slow_server.log())
+    t = Trickle(slow_server, key, every=0.5, seconds=READ_TIMEOUT + 6)
+    t.start()
+    t.join(READ_TIMEOUT + 10)
+    assert t.answer.startswith(b"HTTP/1.1 408"), t.answer[:300]
+    assert t.ended_at is not None and READ_TIMEOUT - 0.5 <= t.ended_at <= READ_TIMEOUT + 3
+    body = json.loads(t.answer.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["param"] == "file" and "stalled" in body["error"]["message"]
+    assert db.fetchval("SELECT count(DISTINCT file_id) FROM file_blobs") <= before
+    listed = openai.OpenAI(base_url=slow_server.base_url, api_key=key, max_retries=0).files.list()
+    assert listed.data == []
+    log = slow_server.log()[mark:]
+    assert "Traceback" not in log and "unhandled_error" not in log
+
+
+def test_pieces_of_an_upload_that_never_became_a_file_are_dropped(start_proc, mock, db):
+    """A process that died mid-upload leaves pieces no file names: the sweep of any API process
+    drops them once nothing has added to them for a while (here, pieces from an hour ago)."""
+    orphan, fresh = "file-orphan" + uuid.uuid4().hex[:12], "file-inflight" + uuid.uuid4().hex[:12]
+    for piece in range(3):
+        db.execute("INSERT INTO file_blobs (file_id, piece, data, written_at) "
+                   "VALUES ($1, $2, $3, now() - interval '1 hour')", orphan, piece, b"x" * 10)
+    db.execute("INSERT INTO file_blobs (file_id, piece, data) VALUES ($1, 0, $2)", fresh, b"y")
+    kept = db.fetchval("SELECT count(*) FROM file_blobs b JOIN file_view f ON f.id = b.file_id")
+    server = start_server(start_proc, mock.base_url, role="api")
+    deadline = time.time() + 15
+    while db.fetchval("SELECT count(*) FROM file_blobs WHERE file_id = $1", orphan) and time.time() < deadline:
+        time.sleep(0.2)
+    assert db.fetchval("SELECT count(*) FROM file_blobs WHERE file_id = $1", orphan) == 0
+    assert db.fetchval("SELECT count(*) FROM file_blobs WHERE file_id = $1", fresh) == 1   # may still become a file
+    assert db.fetchval("SELECT count(*) FROM file_blobs b JOIN file_view f ON f.id = b.file_id") >= kept
+    assert "upload_orphans_dropped" in server.log()
+    db.execute("DELETE FROM file_blobs WHERE file_id = $1", fresh)
