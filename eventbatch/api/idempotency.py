@@ -141,6 +141,9 @@ async def idempotency_middleware(request: web.Request, handler):
     if unit.conn is None or response.status >= 400:
         # Nothing written (refused before the handler reached the database) or a failure: the
         # key is not spent.
+        if unit.conn is None and response.status < 400:
+            # A handler that wrote through a connection of its own, not state.connection(request).
+            log.warning("idempotency_key_not_applied", method=request.method, route=request.path)
         await unit.close(request.app, commit=response.status < 400)
         return response
     try:

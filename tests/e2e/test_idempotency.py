@@ -166,3 +166,64 @@ def test_a_malformed_key_is_a_400(server, new_key):
     with pytest.raises(openai.BadRequestError) as caught:
         _upload(client, [chat_line(0)], {"Idempotency-Key": "x" * 300})
     assert caught.value.code == "invalid_idempotency_key"
+
+
+def test_a_retry_sent_again_or_at_once_with_its_key_makes_one_new_batch(server, new_key, db):
+    from openai.types import Batch
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    failed = _create(client, _upload(client, [chat_line(0, mock={"status": 400}), chat_line(1)]).id)
+    wait_status(client, failed.id, {"completed"})
+
+    key = _key()
+    n = 4
+    start = threading.Barrier(n)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def retry():
+        try:
+            start.wait()
+            ids.append(client.post(f"/batches/{failed.id}/retry", cast_to=Batch, options={"headers": key}).id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=retry) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(set(ids)) == 1 and ids[0] != failed.id
+    again = client.post(f"/batches/{failed.id}/retry", cast_to=Batch, options={"headers": key})
+    assert again.id == ids[0]
+    assert _count(db, "batch_view", project) == 2     # the first batch and one retry
+    assert client.post(f"/batches/{failed.id}/retry", cast_to=Batch).id != ids[0]   # without a key: another
+
+
+def test_a_key_holds_24_hours_then_is_free_and_purged(server, new_key, db, database_url):
+    import asyncio
+
+    import asyncpg
+
+    from eventbatch import idempotency
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    f = _upload(client, [chat_line(0)])
+    key = _key()
+    first = _create(client, f.id, key, metadata={"run": "1"})
+    assert db.fetchval("SELECT expires_at - created_at FROM idempotency_keys WHERE project = $1",
+                       project).total_seconds() == 24 * 3600
+    db.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE project = $1", project)
+    second = _create(client, f.id, key, metadata={"run": "2"})   # another request: fine once the key expired
+    assert second.id != first.id
+    db.execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE project = $1", project)
+
+    async def purge():
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+        try:
+            return await idempotency.purge_expired(pool)
+        finally:
+            await pool.close()
+    assert asyncio.run(purge()) >= 1
+    assert db.fetchval("SELECT count(*) FROM idempotency_keys WHERE project = $1", project) == 0
