@@ -23,13 +23,15 @@ from conftest import ROOT, base_env, chat_line, free_port, jsonl, slow_line, sta
 
 class Receiver:
     """An HTTP server on loopback, on a thread of its own: records every POST, and answers each
-    path with the statuses planned for it (then 200)."""
+    path as planned for it (then 200): a status, ("slow", seconds) to answer 200 that late, or
+    ("huge", bytes) to stream a 200 answer that long (how much of it went out: .sent)."""
 
     def __init__(self):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.received: list[tuple[str, dict, bytes]] = []
-        self.plan: dict[str, list[int]] = {}
+        self.plan: dict[str, list] = {}
+        self.sent: dict[str, int] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
@@ -47,8 +49,25 @@ class Receiver:
         with self._lock:
             self.received.append((request.path, dict(request.headers), body))
             planned = self.plan.get(request.path) or []
-            status = planned.pop(0) if planned else 200
-        return web.Response(status=status, text="ok" if status < 300 else "receiver error")
+            step = planned.pop(0) if planned else 200
+        match step:
+            case ("slow", seconds):
+                await asyncio.sleep(seconds)
+                return web.Response(text="ok")
+            case ("huge", size):
+                response = web.StreamResponse()
+                await response.prepare(request)
+                piece, sent = b"x" * 65536, 0
+                try:
+                    while sent < size:
+                        await response.write(piece)
+                        sent += len(piece)
+                        self.sent[request.path] = sent
+                except (ConnectionResetError, ConnectionError):
+                    return response
+                await response.write_eof()
+                return response
+        return web.Response(status=step, text="ok" if step < 300 else "receiver error")
 
     def at(self, path: str) -> list[tuple[dict, bytes]]:
         with self._lock:
@@ -77,7 +96,8 @@ def receiver():
 def hooked(start_proc, mock, fresh_db):
     """A server of its own database (no other worker sends its deliveries) that retries fast."""
     database = fresh_db()
-    server = start_server(start_proc, mock.base_url, db_url=database.url, EVENTBATCH_WEBHOOK_BACKOFF_SECONDS="0.2")
+    server = start_server(start_proc, mock.base_url, db_url=database.url, EVENTBATCH_WEBHOOK_BACKOFF_SECONDS="0.2",
+                          EVENTBATCH_WEBHOOK_TIMEOUT_SECONDS="2")
     server.db = database
     return server
 
@@ -211,3 +231,31 @@ def test_webhooks_list_and_remove(hooked, receiver, new_key):
         r = cli(hooked.db.url, "webhooks", *args)
         assert r.returncode == 2 and words in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_an_attempt_has_a_time_limit_and_reads_a_capped_answer(hooked, receiver, new_key):
+    project = f"hooks-{uuid.uuid4().hex[:8]}"
+    receiver.plan["/slow"] = [("slow", 6)]
+    receiver.plan["/huge"] = [("huge", 64 * 1024 * 1024)]
+    add_endpoint(hooked, project, receiver.base + "/slow")
+    add_endpoint(hooked, project, receiver.base + "/huge")
+    client = project_client(hooked, new_key, project)
+    batch_id = run_batch(client, [chat_line(0)])
+    wait_status(client, batch_id, {"completed"})
+
+    receiver.wait("/slow", 2, timeout=30)      # cut off after 2 s, then sent again
+    [_] = receiver.wait("/huge", 1)
+    deadline = time.time() + 30
+    while hooked.db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE batch_id = $1 AND state = 'delivered'",
+                             batch_id) < 2:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    # The 64 MiB answer was not read: the worker hung up after its cap (the receiver's writes
+    # stop once the socket buffers fill).
+    assert receiver.sent["/huge"] < 16 * 1024 * 1024
+    rows = [json.loads(x) for x in cli(hooked.db.url, "replay", batch_id, "--json").stdout.splitlines()[:-1]]
+    attempts = [x for x in rows if x["event"] == "webhook_attempted"]
+    assert len(attempts) == 3
+    slow = [x for x in attempts if "no answer within 2s" in x["detail"]]
+    assert len(slow) == 1 and "status_code" not in slow[0] and "next attempt at" in slow[0]["detail"]
+    assert sorted(x.get("status_code") for x in attempts if x is not slow[0]) == [200, 200]
