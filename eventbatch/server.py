@@ -26,10 +26,8 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     from .api.runner import ApiRunner
     from .worker import Worker
 
-    url = await asyncio.to_thread(db.database_url, settings)
+    url = await db.runtime_url(settings)
     pool = await db.create_pool(url, max_size=20)
-    async with pool.acquire() as conn:
-        await db.ensure_migrated(conn)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -113,6 +113,16 @@ def _with_dbname(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def app_role_url(url: str) -> str:
+    """`url` as a new login role that is a member of eventbatch_app (migrations/004): what
+    serve, api and worker may run as under least privilege (SPEC §14)."""
+    from urllib.parse import urlsplit, urlunsplit
+    role = "eb_app_" + uuid.uuid4().hex[:8]
+    DB(url).execute(f"CREATE ROLE {role} LOGIN IN ROLE eventbatch_app")
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+
+
 @pytest.fixture(scope="session")
 def fresh_db(database_url):
     """A new database cloned from a migrated template, for tests whose workers must not meet
