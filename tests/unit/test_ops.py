@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -53,6 +54,10 @@ def k8s_docs() -> list[dict]:
         if path.name != "kustomization.yaml":
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
+
+
+def user_of(url: str) -> str:
+    return urlsplit(url).username
 
 
 def eventbatch_services(c: dict) -> dict[str, dict]:
@@ -123,6 +128,18 @@ def test_compose_has_postgres_migrate_api_two_workers_and_the_mock():
         assert env["EVENTBATCH_DATABASE_URL"].startswith("postgresql://")
         assert "@postgres:5432/" in env["EVENTBATCH_DATABASE_URL"], name
         assert env["EVENTBATCH_UPSTREAM_URL"] == f"http://{mock_name}:8081/v1", name
+        # least privilege (SPEC §14): only migrate has the owner's URL
+        assert user_of(env["EVENTBATCH_DATABASE_URL"]) == "eventbatch_app", name
+        assert ("EVENTBATCH_MIGRATION_DATABASE_URL" in env) == (name == "migrate"), name
+    pg = services["postgres"]
+    owner = urlsplit(migrate["environment"]["EVENTBATCH_MIGRATION_DATABASE_URL"])
+    assert (owner.username, owner.password) == (pg["environment"]["POSTGRES_USER"],
+                                                pg["environment"]["POSTGRES_PASSWORD"])
+    # the app role exists before migrate runs: the image's init scripts create it, password and all
+    [init] = [v.split(":")[0] for v in pg["volumes"] if "/docker-entrypoint-initdb.d/" in v]
+    app = urlsplit(api["environment"]["EVENTBATCH_DATABASE_URL"])
+    roles = (OPS / init).read_text()
+    assert f"CREATE ROLE {app.username} LOGIN PASSWORD '{app.password}'" in roles
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
@@ -135,9 +152,15 @@ def test_k8s_manifests():
     [config] = [d for d in docs if d["kind"] == "ConfigMap"]
     assert set(config["data"]) <= set(SETTING_NAMES)
     assert all(isinstance(v, str) for v in config["data"].values())  # ConfigMap values are strings
-    [secret] = [d for d in docs if d["kind"] == "Secret"]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    secret, owner_secret = secrets["eventbatch-secrets"], secrets["eventbatch-migration-secrets"]
+    assert set(secrets) == {"eventbatch-secrets", "eventbatch-migration-secrets"}
     assert set(secret["stringData"]) == {"EVENTBATCH_DATABASE_URL", "EVENTBATCH_UPSTREAM_API_KEY"}
-    assert "EVENTBATCH_DATABASE_URL" not in config["data"] and "EVENTBATCH_UPSTREAM_API_KEY" not in config["data"]
+    assert set(owner_secret["stringData"]) == {"EVENTBATCH_MIGRATION_DATABASE_URL"}
+    assert user_of(secret["stringData"]["EVENTBATCH_DATABASE_URL"]) == "eventbatch_app"
+    assert user_of(owner_secret["stringData"]["EVENTBATCH_MIGRATION_DATABASE_URL"]) != "eventbatch_app"
+    for name in ("EVENTBATCH_DATABASE_URL", "EVENTBATCH_UPSTREAM_API_KEY", "EVENTBATCH_MIGRATION_DATABASE_URL"):
+        assert name not in config["data"]
 
     workloads = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Deployment", "Job")}
     roles = {}
@@ -147,7 +170,9 @@ def test_k8s_manifests():
         parses(argv)
         roles[argv[0]] = (kind, d, c)
         refs = {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in c["envFrom"]}
-        assert refs == {config["metadata"]["name"], secret["metadata"]["name"]}, name
+        # the schema owner's URL reaches the migrate Job only (SPEC §14)
+        owner = {owner_secret["metadata"]["name"]} if argv[0] == "migrate" else set()
+        assert refs == {config["metadata"]["name"], secret["metadata"]["name"], *owner}, name
         if kind == "Deployment":
             labels = d["spec"]["template"]["metadata"]["labels"]
             assert d["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
