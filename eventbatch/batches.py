@@ -4,6 +4,7 @@ cancellation, completion) are in worker/finalizer.py; its validation in worker/v
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -49,18 +50,25 @@ async def append(conn: asyncpg.Connection, state: BatchState, new: list[ev.Event
     await projections.save_batch(conn, state)
     for e in new:
         if isinstance(e, ev.BatchValidated):
-            await _enqueue_chunks(conn, state.id, e.chunks)
+            await _enqueue_chunks(conn, state, e.chunks)
     if any(isinstance(e, (ev.BatchStarted, ev.BatchCancelling)) for e in new):
         await conn.execute(Q.batch_notify, state.id)
     return state
 
 
-async def _enqueue_chunks(conn: asyncpg.Connection, batch_id: str, chunks: list[ev.ChunkPlan]) -> None:
+async def _enqueue_chunks(conn: asyncpg.Connection, state: BatchState, chunks: list[ev.ChunkPlan]) -> None:
     # Enqueued in the transaction that records the validation: the work exists iff it commits.
     await conn.copy_records_to_table(
-        "work_chunks", records=[(batch_id, n, c.first_index, c.count, c.byte_start, c.byte_end)
+        "work_chunks", records=[(state.id, n, c.first_index, c.count, c.byte_start, c.byte_end)
                                 for n, c in enumerate(chunks)],
         columns=["batch_id", "chunk_no", "first_index", "count", "byte_start", "byte_end"])
+    if state.status in domain.RUNNABLE and chunks:
+        # Its place in the fair-share rotation (migrations/010): by project and model, since the
+        # model decides the provider. A batch validated after a cancel never runs: no place.
+        model = state.model or ""
+        await conn.execute(Q.work_project_join, state.project, model)
+        await conn.execute(Q.work_batch_join, state.id, state.project, model,
+                           float(state.expires_at) if state.expires_at is not None else math.inf)
 
 
 async def create_batch(conn: asyncpg.Connection, *, project: str, input_file_id: str, endpoint: str,

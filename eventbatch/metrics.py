@@ -73,7 +73,13 @@ UPSTREAM_LATENCY = Histogram("eventbatch_upstream_latency_seconds", "Duration of
                              (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 HTTP_REQUESTS = Counter("eventbatch_http_requests_total", "API requests by method, route and status.",
                         ("method", "route", "status"))
-LOCAL = (EVENTS_APPENDED, REQUESTS, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY, HTTP_REQUESTS)
+# What the due-work sweeper and the claimer cost the database (SPEC §11: flat, whatever the number
+# of open batches that are not due): statements sent.
+DUE_STATEMENTS = Counter("eventbatch_due_statements_total",
+                         "Statements the due-work sweeper of this process sent (finding due batches and working them).")
+CLAIM_STATEMENTS = Counter("eventbatch_claim_statements_total", "Claims of work chunks this process sent.")
+LOCAL = (EVENTS_APPENDED, REQUESTS, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY, HTTP_REQUESTS, DUE_STATEMENTS,
+         CLAIM_STATEMENTS)
 
 async def render(conn: asyncpg.Connection) -> str:
     lines: list[str] = []

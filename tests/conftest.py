@@ -309,6 +309,28 @@ def jsonl(lines) -> bytes:
                     (x.encode() if isinstance(x, str) else x) + b"\n" for x in lines)
 
 
+async def make_running_batch(pool, project: str, n: int, *, chunk_size: int = 256, model: str = "gpt-4o-mini",
+                             window_seconds: float = 86400.0, lines=None) -> str:
+    """In process, through the commands the API uses: upload n chat lines, create a batch,
+    validate it (so it is in_progress with its chunks queued); returns its id."""
+    from eventbatch import batches, files
+    from eventbatch.worker.validating import validate_batch
+    data = jsonl(lines if lines is not None else [chat_line(i, model=model) for i in range(n)])
+
+    async def pieces():
+        yield data
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            fid, size = await files.store_upload(conn, pieces())
+            await files.record_upload(conn, file_id=fid, project=project, filename="in.jsonl", purpose="batch",
+                                      size=size, expires_after=None)
+        state = await batches.create_batch(conn, project=project, input_file_id=fid, endpoint="/v1/chat/completions",
+                                           completion_window="24h", metadata=None, output_expires_after=None,
+                                           window_seconds=window_seconds)
+    await validate_batch(pool, state.id, chunk_size)
+    return state.id
+
+
 def wait_status(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout: float = 60.0):
     deadline = time.time() + timeout
     while True:

@@ -11,19 +11,23 @@
 -- Status lists come from the domain as parameters (batch.RUNNING etc.).
 
 -- chunk_claim --
--- $1 owner, $2 how many chunks, $3 lease seconds, $4 statuses whose chunks may run.
-WITH c AS (
-    SELECT w.batch_id, w.chunk_no FROM work_chunks w JOIN batch_view b ON b.id = w.batch_id
-    WHERE NOT w.done AND b.status = ANY($4::text[])
-      AND (w.lease_expires_at IS NULL OR w.lease_expires_at < now())
-    ORDER BY b.seq, w.chunk_no
-    LIMIT $2
-    FOR UPDATE OF w SKIP LOCKED
-)
-UPDATE work_chunks w
-SET lease_owner = $1, lease_epoch = w.lease_epoch + 1, lease_expires_at = now() + make_interval(secs => $3)
-FROM c WHERE w.batch_id = c.batch_id AND w.chunk_no = c.chunk_no
-RETURNING w.batch_id, w.chunk_no, w.first_index, w.count, w.byte_start, w.byte_end, w.lease_epoch
+-- $1 owner, $2 how many chunks, $3 lease seconds, $4 statuses whose chunks may run, $5 the
+-- models of the provider claimed for, $6 whether it also takes the models no provider names,
+-- $7 the models providers name, $8 projects to leave out. Fair share (round-robin across
+-- projects, then a project's batches, earliest expires_at first) is the function's, in
+-- migrations/010_fair_claims.sql: one round trip, and a cost that does not grow with the backlog.
+SELECT batch_id, chunk_no, first_index, count, byte_start, byte_end, lease_epoch
+FROM work_claim($1, $2, $3, $4::text[], $5::text[], $6, $7::text[], $8::text[])
+
+-- work_project_join --
+-- At validation, in its transaction: the batch's (project, model) joins the rotation. DO UPDATE,
+-- not DO NOTHING: it waits for a claimer that holds the row (and may be removing it as empty),
+-- so a new batch never lands in a project that has just left the rotation.
+INSERT INTO work_projects (project, model) VALUES ($1, $2)
+ON CONFLICT (project, model) DO UPDATE SET turn = work_projects.turn
+
+-- work_batch_join --
+INSERT INTO work_batches (batch_id, project, model, expires_at) VALUES ($1, $2, $3, $4)
 
 -- lease_heartbeat --
 -- Renews the leases this worker still holds at the epochs it claimed ($3..$5 in parallel
@@ -70,6 +74,10 @@ WHERE batch_id = $1 AND NOT done ORDER BY chunk_no
 WITH c AS (SELECT batch_id, chunk_no FROM work_chunks WHERE batch_id = $1 AND NOT done ORDER BY chunk_no FOR UPDATE)
 UPDATE work_chunks w SET done = true, lease_epoch = w.lease_epoch + 1
 FROM c WHERE w.batch_id = c.batch_id AND w.chunk_no = c.chunk_no
+
+-- work_batch_leave --
+-- After chunk_close_all (chunk rows before the batch row, the order claims lock them in).
+DELETE FROM work_batches WHERE batch_id = $1
 
 -- batch_notify --
 -- Wakes the workers at commit (work to claim, requests to stop); polling covers a lost one.

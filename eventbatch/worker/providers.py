@@ -118,3 +118,22 @@ def configured_model_check(settings: Settings) -> Callable[[str], bool] | None:
     if settings.config_path is None and settings.upstream_url is None:
         return None
     return model_check(load_providers(settings, keys=False))
+
+
+class Route(msgspec.Struct, frozen=True):
+    """Which batches a claim for one provider takes, by model, as provider_for routes them:
+    the models it is the first to name, and (catch_all) every model no provider names."""
+    models: list[str]
+    catch_all: bool
+    named: list[str]
+
+
+def route_of(providers: list[Provider], provider: Provider) -> Route:
+    """provider_for as a claim filter. Without a provider that serves every model, the first
+    provider takes the models nobody serves: they are claimed, and fail with a clear error, rather
+    than waiting in the queue until they expire."""
+    named = sorted({m for p in providers for m in p.models or ()})
+    mine = [m for m in provider.models or ()
+            if next(p for p in providers if p.models and m in p.models).name == provider.name]
+    catch_all = next((p for p in providers if p.models is None), providers[0]).name == provider.name
+    return Route(models=mine, catch_all=catch_all, named=named)

@@ -6,19 +6,31 @@ module gives them names a caller can read; it decides nothing about batches (the
 
 from __future__ import annotations
 
+from typing import Collection
+
 import asyncpg
 
 from .. import blobs
 from ..batch import RUNNABLE
+from ..metrics import CLAIM_STATEMENTS
+from .providers import Route
 from ..sql import Q
 from ..validation import iter_chunk_lines
 
 _RUNNABLE = sorted(RUNNABLE)
 
 
-async def claim(conn, owner: str, chunks: int, lease_seconds: float) -> list[asyncpg.Record]:
-    """Lease up to `chunks` open chunks of running batches (skipping any another worker holds)."""
-    return await conn.fetch(Q.chunk_claim, owner, chunks, lease_seconds, _RUNNABLE)
+EVERY_MODEL = Route(models=[], catch_all=True, named=[])
+
+
+async def claim(conn, owner: str, chunks: int, lease_seconds: float, route: Route = EVERY_MODEL,
+                skip_projects: Collection[str] = ()) -> list[asyncpg.Record]:
+    """Lease up to `chunks` open chunks of running batches bound for the provider `route` describes
+    (default: any), skipping any another worker holds, one project at a time in turn (SPEC §11
+    fair share); none of the projects in `skip_projects`."""
+    CLAIM_STATEMENTS.inc()
+    return await conn.fetch(Q.chunk_claim, owner, chunks, lease_seconds, _RUNNABLE, route.models,
+                            route.catch_all, route.named, sorted(skip_projects))
 
 
 async def heartbeat(conn, owner: str, lease_seconds: float, batch_ids: list[str], chunk_nos: list[int],
@@ -54,8 +66,10 @@ async def open_chunks(conn, batch_id: str) -> list[asyncpg.Record]:
 
 
 async def close_all(conn, batch_id: str) -> None:
-    """At the batch's end: every chunk done, every stale lease holder fenced off."""
+    """At the batch's end: every chunk done, every stale lease holder fenced off, and the batch
+    out of the fair-share rotation."""
     await conn.execute(Q.chunk_close_all, batch_id)
+    await conn.execute(Q.work_batch_leave, batch_id)
 
 
 async def read_chunk(conn, file_id: str, start: int, end: int, count: int) -> list:

@@ -23,8 +23,9 @@ from .. import batch as domain, events as ev, projections, store
 from ..config import Settings
 from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from . import queue, upstream
+from .fairshare import FairSlots
 from .finalizer import settle_batch
-from .providers import Provider, load_providers, model_check, provider_for
+from .providers import Provider, load_providers, model_check, provider_for, route_of
 from .recorder import HeldChunk, Recorder
 from .sweeper import Sweeper
 from .webhooks import Deliveries
@@ -43,8 +44,10 @@ def _count_attempt(status: int | None, duration_ms: int) -> None:
 class BatchRun:
     """What a worker needs to know of a batch it runs requests for."""
 
-    def __init__(self, state, provider: Provider | None):
+    def __init__(self, state, provider: Provider | None, claimed_for: str):
         self.id = state.id
+        self.project = state.project
+        self.claimed_for = claimed_for   # the provider whose claim budget its chunks count against
         self.endpoint = state.endpoint
         self.input_file_id = state.input_file_id
         self.model = state.model
@@ -70,11 +73,14 @@ class Worker:
         self.settings, self.pool, self.sweep_interval = settings, pool, sweep_interval
         self.providers = providers if providers is not None else load_providers(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.semaphores = {p.name: asyncio.Semaphore(p.concurrency) for p in self.providers}
-        total = sum(p.concurrency for p in self.providers)
-        # Claim by requests, not chunks: enough open requests to keep every provider's slots busy
-        # (four times the concurrency), however small the chunks (a batch of 5 requests is one chunk).
-        self.want_requests = 4 * total
+        # Each provider's slots, shared fairly between the projects and batches held (fairshare.py).
+        self.slots = {p.name: FairSlots(p.concurrency) for p in self.providers}
+        # Claim per provider, by requests, not chunks: enough open requests to keep its slots busy
+        # (four times its concurrency), however small the chunks (a batch of 5 requests is one
+        # chunk); a backlog for one provider does not hold back batches bound for another.
+        self.want = {p.name: 4 * p.concurrency for p in self.providers}
+        self.routes = {p.name: route_of(self.providers, p) for p in self.providers}
+        self.want_requests = sum(self.want.values())
         self.max_chunks = 256
         self.held: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
@@ -182,40 +188,57 @@ class Worker:
         await self._every(POLL_INTERVAL, self._claim, self._claim_wake)
 
     async def _claim(self) -> None:
-        while not self._stop.is_set():
-            open_requests = sum(c.remaining if c.remaining >= 0 else c.count for c in self.held.values())
-            if open_requests >= self.want_requests or len(self.held) >= self.max_chunks:
-                return
-            room = min(self.max_chunks - len(self.held),
-                       max(1, math.ceil((self.want_requests - open_requests) / self.settings.chunk_size)))
-            rows = await queue.claim(self.pool, self.owner, room, self.settings.lease_seconds)
+        for provider in self.providers:
+            await self._claim_for(provider.name)
+
+    def _open_requests(self, provider: str) -> int:
+        return sum(c.remaining if c.remaining >= 0 else c.count for c in self.held.values()
+                   if (run := self.runs.get(c.batch_id)) is not None and run.claimed_for == provider)
+
+    async def _claim_for(self, provider: str) -> None:
+        while not self._stop.is_set() and len(self.held) < self.max_chunks:
+            open_requests = self._open_requests(provider)
+            if open_requests >= self.want[provider]:
+                # Full. A project this worker holds nothing of may still have one chunk: its batch
+                # starts now, beside the work already held, instead of after it (SPEC §11).
+                held_projects = {r.project for r in self.runs.values() if r.claimed_for == provider}
+                rows = await queue.claim(self.pool, self.owner, 1, self.settings.lease_seconds,
+                                         self.routes[provider], skip_projects=held_projects)
+            else:
+                room = min(self.max_chunks - len(self.held),
+                           max(1, math.ceil((self.want[provider] - open_requests) / self.settings.chunk_size)))
+                rows = await queue.claim(self.pool, self.owner, room, self.settings.lease_seconds,
+                                         self.routes[provider])
             if not rows:
                 return
-            chunks = [HeldChunk(row) for row in rows]
-            for chunk in chunks:  # held before any await: whatever happens next, it is released or run
-                self.held[(chunk.batch_id, chunk.chunk_no)] = chunk
-            for chunk in chunks:
-                try:
-                    run = await self._run_of(chunk.batch_id)
-                except Exception:
-                    log.exception("batch_lookup_failed", batch_id=chunk.batch_id)
-                    self._abort(chunk, release=True)
-                    continue
-                chunk.task = asyncio.create_task(self._run_chunk(chunk, run))
-                log.info("chunk_claimed", batch_id=chunk.batch_id, chunk=chunk.chunk_no, epoch=chunk.epoch)
+            await self._start_chunks(rows, provider)
 
-    async def _run_of(self, batch_id: str) -> BatchRun:
+    async def _start_chunks(self, rows: list[asyncpg.Record], provider: str) -> None:
+        chunks = [HeldChunk(row) for row in rows]
+        for chunk in chunks:  # held before any await: whatever happens next, it is released or run
+            self.held[(chunk.batch_id, chunk.chunk_no)] = chunk
+        for chunk in chunks:
+            try:
+                run = await self._run_of(chunk.batch_id, provider)
+            except Exception:
+                log.exception("batch_lookup_failed", batch_id=chunk.batch_id)
+                self._abort(chunk, release=True)
+                continue
+            chunk.task = asyncio.create_task(self._run_chunk(chunk, run))
+            log.info("chunk_claimed", batch_id=chunk.batch_id, chunk=chunk.chunk_no, epoch=chunk.epoch)
+
+    async def _run_of(self, batch_id: str, claimed_for: str) -> BatchRun:
         run = self.runs.get(batch_id)
         if run is None:
             async with self.pool.acquire() as conn:
                 state = await projections.get_batch(conn, batch_id)
-            run = self.runs[batch_id] = BatchRun(state, provider_for(self.providers, state.model))
+            run = self.runs[batch_id] = BatchRun(state, provider_for(self.providers, state.model), claimed_for)
         return run
 
     def _maybe_claim(self) -> None:
-        """After a flush: claim more as soon as the open requests fall below what keeps the
-        providers busy, not at the next poll."""
-        if sum(c.remaining if c.remaining >= 0 else c.count for c in self.held.values()) < self.want_requests:
+        """After a flush: claim more as soon as a provider's open requests fall below what keeps
+        it busy, not at the next poll."""
+        if any(self._open_requests(p) < want for p, want in self.want.items()):
             self._claim_wake.set()
 
     def _chunk_finished(self, chunk: HeldChunk) -> None:
@@ -278,7 +301,8 @@ class Worker:
         attempts: list[ev.Attempt] = []
         try:
             outcome = await upstream.call(
-                self._session, run.provider, self.semaphores[run.provider.name], run.url, bytes(line.body),
+                self._session, run.provider, self.slots[run.provider.name].slot(run.project, run.id, run.expires_at),
+                run.url, bytes(line.body),
                 max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
                 may_start=lambda: run.may_start() and not chunk.aborted and not self._stop.is_set(),
                 on_attempt=_count_attempt, attempts=attempts)
