@@ -227,3 +227,33 @@ def test_a_key_holds_24_hours_then_is_free_and_purged(server, new_key, db, datab
             await pool.close()
     assert asyncio.run(purge()) >= 1
     assert db.fetchval("SELECT count(*) FROM idempotency_keys WHERE project = $1", project) == 0
+
+
+def test_concurrent_uploads_with_one_key_make_exactly_one_file(server, new_key, db):
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = _client(server, new_key, project)
+    lines = [chat_line(i) for i in range(2000)]      # a few hundred KB: the uploads overlap
+    key = _key()
+    n = 4
+    start = threading.Barrier(n)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def upload():
+        try:
+            start.wait()
+            ids.append(_upload(client, lines, key).id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(set(ids)) == 1 and _count(db, "file_view", project) == 1
+    # the duplicates' bytes were dropped: only the one file's pieces remain under any new id
+    assert db.fetchval("SELECT count(DISTINCT file_id) FROM file_blobs WHERE file_id NOT IN "
+                       "(SELECT id FROM file_view) AND written_at > now() - interval '1 minute'") == 0
+    assert client.files.content(ids[0]).read() == jsonl(lines)
