@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("validate", "drain", "append", "rebuild", "read_latency", "memory")
+BENCHMARKS = ("validate", "drain", "append", "rebuild", "read_latency", "memory", "output_storage")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

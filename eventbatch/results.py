@@ -23,14 +23,16 @@ PAGE_ROWS = 1000
 async def file_pages(db: asyncpg.Pool | asyncpg.Connection, batch_id: str, kind: str,
                      *, page_bytes: int = PAGE_BYTES) -> AsyncIterator[bytes]:
     """The output ('succeeded') or error ('failed') file of a batch, in input order, a page of
-    lines at a time."""
-    after, etype = -1, EVENT_TYPE[kind]
-    while True:
+    lines at a time: windows of PAGE_ROWS request indexes, each cut into pages by bytes."""
+    etype = EVENT_TYPE[kind]
+    last = await db.fetchval(Q.result_last_index, batch_id)
+    after = -1
+    while last is not None and after < last:
         rows = await db.fetch(Q.result_page_in_input_order, batch_id, after, etype, PAGE_ROWS, page_bytes)
-        if not rows:
-            return
-        yield b"".join([line_of_event(batch_id, r[1]) for r in rows])
-        after = rows[-1][0]
+        if rows:
+            yield b"".join([line_of_event(batch_id, r[1]) for r in rows])
+        # The whole window came back: the next one. Cut short by bytes: on from its last line.
+        after = after + PAGE_ROWS if not rows or len(rows) == rows[0][2] else rows[-1][0]
 
 
 async def last_position(db: asyncpg.Pool | asyncpg.Connection, batch_id: str) -> int:

@@ -5,16 +5,22 @@
 -- octet_length() of a stored value reads its size from the header, without detoasting it.
 
 -- result_page_in_input_order --
--- The output file ($3 'request_succeeded') or error file ($3 'request_failed') of batch $1,
--- the lines after request index $2: at most $4 rows, and rows while $5 bytes are not reached.
-SELECT request_index, data FROM (
-    SELECT request_index, data, sum(octet_length(data)) OVER (ORDER BY request_index) AS upto
-    FROM (SELECT request_index, data FROM events
-          WHERE batch_id = $1 AND request_index > $2 AND type = $3
-          ORDER BY request_index LIMIT $4) p
+-- The output file ($3 'request_succeeded') or error file ($3 'request_failed') of batch $1:
+-- among the requests of indexes ($2, $2 + $4], the lines while $5 bytes are not reached, and
+-- how many lines that window holds in all (n; fewer came back: the bytes cut the page short).
+-- A window of indexes, not a LIMIT, bounds the work of each page whatever plan is chosen.
+SELECT request_index, data, n FROM (
+    SELECT request_index, data, sum(octet_length(data)) OVER (ORDER BY request_index) AS upto,
+           count(*) OVER () AS n
+    FROM events
+    WHERE batch_id = $1 AND request_index > $2 AND request_index <= $2 + $4 AND type = $3
 ) w
 WHERE upto - octet_length(data) < $5
 ORDER BY request_index
+
+-- result_last_index --
+-- The highest request index with an outcome: where reading a file in input order ends.
+SELECT max(request_index) FROM events WHERE batch_id = $1 AND request_index IS NOT NULL
 
 -- result_page_in_record_order --
 -- What /results sends: outcomes of batch $1 recorded after log position $2 up to $3, of type

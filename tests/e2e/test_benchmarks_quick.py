@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 
-BENCHMARKS = ["validate", "append", "rebuild", "read_latency", "memory"]
+BENCHMARKS = ["validate", "append", "rebuild", "read_latency", "memory", "output_storage"]
 
 
 @pytest.mark.slow

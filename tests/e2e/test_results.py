@@ -83,22 +83,28 @@ def test_output_files_are_served_from_the_log(client, db, database_url):
     assert sorted(all_lines.splitlines()) == sorted(b"".join(files.values()).splitlines())
 
 
-def test_file_pages_are_bounded_by_bytes_and_join_to_the_same_file(client, db, database_url):
-    lines = [chat_line(i, max_tokens=50 + i) for i in range(40)]
+def test_file_pages_are_bounded_by_bytes_and_join_to_the_same_file(client, db, database_url, monkeypatch):
+    lines = [chat_line(i, max_tokens=50 + i) if i % 13 else chat_line(i, mock={"status": 400}) for i in range(40)]
     b = run_batch(client, lines)
     done = wait_status(client, b.id, {"completed"}, timeout=60)
-    whole = content(client, done.output_file_id)
+    whole = {"succeeded": content(client, done.output_file_id), "failed": content(client, done.error_file_id)}
 
-    async def pages(page_bytes):
+    async def pages(kind, page_bytes=results.PAGE_BYTES):
         conn = await asyncpg.connect(database_url)
         try:
-            return [p async for p in results.file_pages(conn, b.id, "succeeded", page_bytes=page_bytes)]
+            return [p async for p in results.file_pages(conn, b.id, kind, page_bytes=page_bytes)]
         finally:
             await conn.close()
-    one_per_page = asyncio.run(pages(1))       # a budget below one event: a line per page, still moving
-    assert len(one_per_page) == 40 and b"".join(one_per_page) == whole
-    few = asyncio.run(pages(4000))
-    assert 1 < len(few) < 40 and b"".join(few) == whole
+    one_per_page = asyncio.run(pages("succeeded", 1))     # a budget below one event: a line per page, still moving
+    assert len(one_per_page) == 36 and b"".join(one_per_page) == whole["succeeded"]
+    few = asyncio.run(pages("succeeded", 4000))
+    assert 1 < len(few) < 36 and b"".join(few) == whole["succeeded"]
+    # windows of request indexes, some without a line of the file: the same bytes
+    monkeypatch.setattr(results, "PAGE_ROWS", 5)
+    for kind in ("succeeded", "failed"):
+        assert b"".join(asyncio.run(pages(kind))) == whole[kind]
+        assert b"".join(asyncio.run(pages(kind, 1000))) == whole[kind]
+    assert len(asyncio.run(pages("failed"))) == 4
 
 
 def test_results_while_running_then_the_union_is_the_files(client, db):
