@@ -36,8 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--metrics-port", dest="port", type=int, help="serve /metrics, /healthz, /readyz on this port")
     sub.add_parser("migrate", help="apply database migrations")
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
-    kc = keys.add_parser("create", help="create an API key for a project")
+    kc = keys.add_parser("create", help="create an API key for a project; the key is the last line printed")
     kc.add_argument("--project", required=True)
+    kl = keys.add_parser("list", help="the keys: id, project, created, last used, revoked (never the key)")
+    kl.add_argument("--project", help="only this project's keys")
+    kl.add_argument("--json", action="store_true", help="JSON lines")
+    kr = keys.add_parser("revoke", help="revoke a key: every running API process refuses it within 5 s")
+    kr.add_argument("key_id", help="the key's id (key_…), from `eventbatch keys list`")
     # webhooks (SPEC §12.4): the operator's registry of a project's endpoints
     wh = sub.add_parser("webhooks", help="webhook endpoints told when a project's batches end").add_subparsers(
         dest="webhooks_command", required=True)
@@ -121,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .db import migrate_command
                 return asyncio.run(migrate_command(settings))
             case "keys":
-                from .api_keys import create_key_command
-                return asyncio.run(create_key_command(settings, args.project))
+                from .api_keys import keys_command
+                return asyncio.run(keys_command(settings, args))
             case "webhooks":
                 from .webhooks import webhooks_command
                 return asyncio.run(webhooks_command(settings, args))

@@ -190,12 +190,30 @@ class WebhookDeliveryDropped(Event, tag="webhook_delivery_dropped"):
     at: float
 
 
+# --- API keys (stream 'key-<key id>', SPEC §8) ---------------------------------------------
+# What an auditor needs: which key (its id and the last characters of the key, as OpenAI shows
+# them), whose, since when and until when. Never the key, nor its hash: the hash that
+# authenticates it is kept beside the log (table api_key_secrets), like file bytes.
+
+class ApiKeyCreated(Event, tag="api_key_created"):
+    key_id: str
+    project: str
+    at: float
+    hint: str = ""              # the key's last four characters ("eb-…abcd"); empty for keys older than the log's
+
+
+class ApiKeyRevoked(Event, tag="api_key_revoked"):
+    key_id: str
+    at: float
+
+
 AnyEvent = Union[
     FileCreated, FileDeleted, FileBytesPurged,
     BatchCreated, BatchValidated, BatchValidationFailed, BatchStarted,
     RequestSucceeded, RequestFailed,
     BatchFinalizing, BatchOutputWritten, BatchCompleted, BatchExpired, BatchCancelling, BatchCancelled,
     WebhookDeliveryOwed, WebhookAttempted, WebhookDeliveryDropped,
+    ApiKeyCreated, ApiKeyRevoked,
 ]
 WEBHOOK_EVENTS = (WebhookDeliveryOwed, WebhookAttempted, WebhookDeliveryDropped)
 REQUEST_OUTCOMES = (RequestSucceeded, RequestFailed)

@@ -21,5 +21,10 @@ def api_key() -> str:
     return "eb-" + secrets.token_urlsafe(32)
 
 
+def key_id() -> str:
+    """The public name of an API key: in the log, in `keys list`, for `keys revoke`."""
+    return "key_" + secrets.token_hex(12)
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()

@@ -15,6 +15,7 @@ import msgspec
 from . import events as ev
 from .batch import BatchState, evolve
 from .projections import FileView, decode_batch, decode_file, evolve_file
+from .api_keys import KeyView, decode_key, evolve_key, key_row
 from . import db
 from .config import Settings
 from .sql import Q
@@ -52,6 +53,7 @@ class Folded(msgspec.Struct):
     batches: dict[str, tuple[int, BatchState]]
     files: dict[str, tuple[int, FileView]]
     events: int
+    keys: dict[str, tuple[int, KeyView]] = {}
 
 
 async def fold_log(conn: asyncpg.Connection, progress: Callable[[int, int], None] | None = None) -> Folded:
@@ -60,6 +62,7 @@ async def fold_log(conn: asyncpg.Connection, progress: Callable[[int, int], None
     total = await conn.fetchval(Q.event_count)
     batches: dict[str, tuple[int, BatchState]] = {}
     files: dict[str, tuple[int, FileView]] = {}
+    keys: dict[str, tuple[int, KeyView]] = {}
     n = 0
     async for pos, stream, etype, data in conn.cursor(Q.event_all_in_order, prefetch=1000):
         n += 1
@@ -77,12 +80,16 @@ async def fold_log(conn: asyncpg.Connection, progress: Callable[[int, int], None
             file_id = stream[len("file-"):]
             seq, view = files.get(file_id, (pos, None))
             files[file_id] = (seq, evolve_file(view, ev.decode(data)))
-        # other categories (none yet) have no views
+        elif stream.startswith("key-"):
+            key_id = stream[len("key-"):]
+            seq, view = keys.get(key_id, (pos, None))
+            keys[key_id] = (seq, evolve_key(view, ev.decode(data)))
+        # other categories (webhook deliveries) have no views
         if progress and n % 10000 == 0:
             progress(n, total)
     if progress:
         progress(n, total)
-    return Folded(batches=batches, files=files, events=n)
+    return Folded(batches=batches, files=files, events=n, keys=keys)
 
 
 def _batch_row(seq: int, s: BatchState) -> tuple:
@@ -104,12 +111,16 @@ async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
         folded = await fold_log(conn, progress)
         await conn.execute(Q.batch_view_delete_all)
         await conn.execute(Q.file_view_delete_all)
+        await conn.execute(Q.key_view_delete_all)
         await conn.copy_records_to_table(
             "batch_view", records=[_batch_row(seq, s) for seq, s in folded.batches.values()],
             columns=["id", "project", "seq", "status", "version", "doc"])
         await conn.copy_records_to_table(
             "file_view", records=[_file_row(seq, f) for seq, f in folded.files.values()],
             columns=["id", "project", "seq", "purpose", "deleted", "version", "expires_at", "purge_after", "doc"])
+        await conn.copy_records_to_table(
+            "api_keys", records=[key_row(seq, k) for seq, k in folded.keys.values()],
+            columns=["id", "project", "seq", "revoked", "version", "doc"])
     return folded
 
 
@@ -119,10 +130,12 @@ async def verify(conn: asyncpg.Connection, progress=None) -> tuple[Folded, list[
         folded = await fold_log(conn, progress)
         live_b = {r["id"]: r for r in await conn.fetch(Q.batch_view_all)}
         live_f = {r["id"]: r for r in await conn.fetch(Q.file_view_all)}
+        live_k = {r["id"]: r for r in await conn.fetch(Q.key_view_all)}
     diffs: list[str] = []
     for kind, fresh, live, row_of, dec in (
             ("batch", folded.batches, live_b, _batch_row, decode_batch),
-            ("file", folded.files, live_f, _file_row, decode_file)):
+            ("file", folded.files, live_f, _file_row, decode_file),
+            ("key", folded.keys, live_k, key_row, decode_key)):
         for id_ in sorted(fresh.keys() - live.keys()):
             diffs.append(f"{kind} {id_}: in the log but missing from the view")
         for id_ in sorted(live.keys() - fresh.keys()):

@@ -11,15 +11,13 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .. import api_keys
 from ..config import Settings
 from ..metrics import HTTP_REQUESTS
 from ..worker.providers import configured_model_check
-from . import batch_events, batches, files, health, results, retry, uploads
+from . import auth, batch_events, batches, files, health, results, retry, uploads
 from .idempotency import idempotency_middleware
 from .errors import ApiError, ClientGone, error_response, parse_error_reason
-from .state import (KEY_CACHE, POOL, PROJECT, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS,
-                    spawn)
+from .state import POOL, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS, spawn
 
 log = structlog.get_logger("eventbatch.api")
 
@@ -66,38 +64,14 @@ async def errors_middleware(request: web.Request, handler):
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # polled every few seconds: counted, not logged
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler):
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
-        raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'; "
-                            "create one with 'eventbatch keys create --project NAME'.")
-    cache = request.app[KEY_CACHE]
-    project = cache.get(key)
-    if project is None:
-        async with request.app[POOL].acquire() as conn:
-            project = await api_keys.project_for_key(conn, key)
-        if project is None:
-            raise ApiError(401, "Incorrect API key provided. Create one with 'eventbatch keys create --project NAME'.",
-                           code="invalid_api_key")
-        if len(cache) > 10_000:
-            cache.clear()
-        cache[key] = project
-    request[PROJECT] = project
-    return await handler(request)
-
-
 def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database_url: str | None = None,
                pool_size: int = 10) -> web.Application:
     """The API. With `pool`, the caller owns the pool; otherwise it is opened on startup."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware, idempotency_middleware], client_max_size=1024 ** 2)
+    app = web.Application(middlewares=[errors_middleware, auth.auth_middleware, idempotency_middleware],
+                          client_max_size=1024 ** 2)
     app[SETTINGS] = settings
     app[TASKS] = set()
-    app[KEY_CACHE] = {}
+    auth.install(app)
     app[UPLOAD_SLOTS] = asyncio.Semaphore(max(1, pool_size // 4))
     app[VALIDATION_SLOTS] = asyncio.Semaphore(2)
     app[SERVES_MODEL] = configured_model_check(settings)   # a bad provider config fails here, at start

@@ -26,8 +26,9 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None, close_connection: bool = False):
+                 type: str | None = None, close_connection: bool = False, headers: dict | None = None):
         super().__init__(message)
+        self.headers = headers
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         # For an answer given before the body was read to its end: the rest is not waited for.
@@ -35,7 +36,7 @@ class ApiError(Exception):
 
     def response(self, headers: dict | None = None) -> web.Response:
         response = error_response(self.status, self.message, param=self.param, code=self.code, type=self.type,
-                                  headers=headers)
+                                  headers={**(self.headers or {}), **(headers or {})} or None)
         if self.close_connection:
             response.force_close()
         return response

@@ -20,7 +20,6 @@ log = structlog.get_logger("eventbatch.api")
 POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", set)
-KEY_CACHE = web.AppKey("key_cache", dict)
 # An upload holds a connection only while it writes one piece (a short transaction each), a
 # validation while it reads the file. Bounded, so that many uploads or big files leave the rest
 # of the pool to the API.

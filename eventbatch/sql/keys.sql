@@ -1,7 +1,32 @@
--- API keys (table api_keys, migrations/003), stored as SHA-256 of the key.
+-- API keys: the view api_keys (migrations/042), a projection of the streams 'key-<id>', and
+-- api_key_secrets beside the log: each key's SHA-256 and its last use.
 
--- key_insert --
-INSERT INTO api_keys (key_hash, project) VALUES ($1, $2)
+-- key_secret_insert --
+INSERT INTO api_key_secrets (key_id, key_hash) VALUES ($1, $2)
 
--- key_project --
-SELECT project FROM api_keys WHERE key_hash = $1
+-- key_authenticate --
+-- The key's id and project when it exists and is not revoked, noting its use (asked once per
+-- key every few seconds per API process: the cache in front of it expires that often).
+UPDATE api_key_secrets s SET last_used_at = now()
+FROM api_keys k
+WHERE s.key_hash = $1 AND k.id = s.key_id AND NOT k.revoked
+RETURNING k.id, k.project
+
+-- key_view_upsert --
+INSERT INTO api_keys (id, project, seq, revoked, version, doc) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (id) DO UPDATE SET revoked = EXCLUDED.revoked, version = EXCLUDED.version, doc = EXCLUDED.doc
+
+-- key_view_lock --
+SELECT doc FROM api_keys WHERE id = $1 FOR UPDATE
+
+-- key_list --
+-- Every key ($1 NULL) or one project's, oldest first, with its last use.
+SELECT k.doc, s.last_used_at FROM api_keys k LEFT JOIN api_key_secrets s ON s.key_id = k.id
+WHERE $1::text IS NULL OR k.project = $1
+ORDER BY k.seq
+
+-- key_view_delete_all --
+DELETE FROM api_keys
+
+-- key_view_all --
+SELECT id, project, seq, revoked, version, doc FROM api_keys

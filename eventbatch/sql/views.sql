@@ -82,7 +82,7 @@ ORDER BY seq DESC LIMIT $4
 
 -- view_lock_for_rebuild --
 -- Readers go on reading the old views; appends (which all write a view row) wait.
-LOCK TABLE batch_view, file_view IN EXCLUSIVE MODE
+LOCK TABLE batch_view, file_view, api_keys IN EXCLUSIVE MODE
 
 -- batch_view_delete_all --
 DELETE FROM batch_view
