@@ -1,5 +1,8 @@
 """The command line: `eventbatch serve | api | worker | migrate | keys | webhooks | replay |
-projections | mock-upstream`. Errors a person sees are one line that says what to do."""
+projections | batch | mock-upstream`. Errors a person sees are one line that says what to do.
+
+The options of every command that touches the database (--database-url, --data-dir,
+--log-format) are accepted before or after the subcommand; every option's help says its default."""
 
 from __future__ import annotations
 
@@ -7,62 +10,126 @@ import argparse
 import asyncio
 import sys
 
+from . import __version__
 from . import log as logsetup
-from .config import SettingsError, load_settings
+from .config import ENV_NAME, Settings, SettingsError, load_settings
+
+_DEFAULTS = Settings()
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def database_options(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """On the top parser (default None) and again on each subcommand that touches the database
+    (default SUPPRESS, so an option given before the subcommand is not reset after it)."""
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("--database-url", default=default, metavar="URL",
+                   help="Postgres to use, postgresql://user:pass@host:port/db (default: $EVENTBATCH_DATABASE_URL; "
+                        "unset, the embedded Postgres under --data-dir)")
+    p.add_argument("--data-dir", default=default, metavar="DIR",
+                   help="folder of the embedded Postgres, shared by every command pointed at it (default: "
+                        f"$EVENTBATCH_DATA_DIR, else ./{_DEFAULTS.data_dir})")
+    p.add_argument("--log-format", default=default, choices=["json", "console"],
+                   help="log lines as JSON or for people (default: $EVENTBATCH_LOG_FORMAT, else console on a "
+                        "terminal and json otherwise)")
+
+
+def database_command(sub, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that touches the database: it takes the database options too."""
+    sp = sub.add_parser(name, help=help, description=kwargs.pop("description", help[:1].upper() + help[1:] + "."),
+                        **kwargs)
+    database_options(sp)
+    return sp
+
+
+# The settings of section 8 that `serve`, `api` and `worker` take as flags: (flag, Settings field,
+# what it is). The provider's key has no flag: a command line is visible to every user (ps).
+SERVER_SETTINGS = (
+    ("--upstream-url", "upstream_url", "the provider's OpenAI-style base URL including /v1 (its key: "
+                                       "$EVENTBATCH_UPSTREAM_API_KEY)"),
+    ("--config", "config_path", "TOML file of several providers (base URL, key variable, models, concurrency)"),
+    ("--upstream-concurrency", "upstream_concurrency", "most requests in flight to one provider from one "
+                                                       "worker process"),
+    ("--upstream-timeout-seconds", "upstream_timeout_seconds", "timeout of one attempt upstream, in seconds"),
+    ("--max-attempts", "max_attempts", "attempts per request on 429, 5xx, timeouts and connection errors"),
+    ("--lease-seconds", "lease_seconds", "how long a worker's claim on a chunk lasts without a heartbeat"),
+    ("--chunk-size", "chunk_size", "requests per chunk a worker claims"),
+    ("--window-seconds", "window_seconds", "how long the '24h' completion window really is, in seconds"),
+)
+_TYPES = {int: int, float: float}
+
+
+def _server_options(sp: argparse.ArgumentParser) -> None:
+    for flag, field, what in SERVER_SETTINGS:
+        default = getattr(_DEFAULTS, field)
+        kind = _TYPES.get(type(default), str)
+        shown = "none" if default is None else _shown(default)
+        sp.add_argument(flag, dest=field, type=kind, metavar=field.rsplit("_", 1)[-1].upper(),
+                        help=f"{what} (default: ${ENV_NAME[field]}, else {shown})")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eventbatch", description="OpenAI-compatible Batch API gateway.")
-    p.add_argument("--database-url", help="Postgres URL (EVENTBATCH_DATABASE_URL); unset: embedded Postgres")
-    p.add_argument("--data-dir", help="folder of the embedded Postgres (EVENTBATCH_DATA_DIR, default ./.eventbatch)")
-    p.add_argument("--log-format", choices=["json", "console"], help="EVENTBATCH_LOG_FORMAT")
+    p.add_argument("--version", action="version", version=f"eventbatch {__version__}",
+                   help="print the version and exit")
+    database_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def server_opts(sp, with_http: bool, with_worker: bool):
-        if with_http:
-            sp.add_argument("--host", default="127.0.0.1")
-            sp.add_argument("--port", type=int, default=8080)
-        if with_worker:
-            sp.add_argument("--upstream-url", help="EVENTBATCH_UPSTREAM_URL")
-            sp.add_argument("--upstream-concurrency", type=int, help="EVENTBATCH_UPSTREAM_CONCURRENCY")
-            sp.add_argument("--config", dest="config_path", help="EVENTBATCH_CONFIG (TOML file of providers)")
-        sp.add_argument("--window-seconds", type=float, help="EVENTBATCH_WINDOW_SECONDS")
-
-    server_opts(sub.add_parser("serve", help="API and worker in one process"), True, True)
-    server_opts(sub.add_parser("api", help="the HTTP API only"), True, False)
-    wk = sub.add_parser("worker", help="the worker only")
-    server_opts(wk, False, True)
-    wk.add_argument("--host", default="127.0.0.1", help="address of --metrics-port")
-    wk.add_argument("--metrics-port", dest="port", type=int, help="serve /metrics, /healthz, /readyz on this port")
-    sub.add_parser("migrate", help="apply database migrations")
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
-    kc = keys.add_parser("create", help="create an API key for a project; the key is the last line printed")
-    kc.add_argument("--project", required=True)
-    kl = keys.add_parser("list", help="the keys: id, project, created, last used, revoked (never the key)")
-    kl.add_argument("--project", help="only this project's keys")
-    kl.add_argument("--json", action="store_true", help="JSON lines")
-    kr = keys.add_parser("revoke", help="revoke a key: every running API process refuses it within 5 s")
-    kr.add_argument("key_id", help="the key's id (key_…), from `eventbatch keys list`")
+    for role, what in (("serve", "the API and a worker in one process"), ("api", "the HTTP API only"),
+                       ("worker", "a worker only (no API)")):
+        sp = database_command(sub, role, what)
+        if role == "worker":
+            sp.add_argument("--host", default="127.0.0.1",
+                            help="address of --metrics-port (default: %(default)s)")
+            sp.add_argument("--metrics-port", dest="port", type=int, metavar="PORT",
+                            help="serve /metrics, /healthz and /readyz on this port (default: none)")
+        else:
+            sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+            sp.add_argument("--port", type=int, default=8080,
+                            help="port to listen on; 0 picks a free one, logged at start (default: %(default)s)")
+        _server_options(sp)
+    database_command(sub, "migrate", "apply the database migrations (serve, api and worker also do at start)")
+    keys = database_command(sub, "keys", "API keys of the projects (tenants)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    kc = database_command(keys_sub, "create", "create an API key for a project; the key is the last line printed")
+    kc.add_argument("--project", required=True, help="the project (tenant) the key belongs to (required)")
+    kl = database_command(keys_sub, "list", "the keys: id, project, created, last used, revoked (never the key)")
+    kl.add_argument("--project", help="only this project's keys (default: every project)")
+    kl.add_argument("--json", action="store_true", help="JSON lines instead of a table (default: a table)")
+    kr = database_command(keys_sub, "revoke", "revoke a key: every running API process refuses it within 5 s")
+    kr.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_…), from `eventbatch keys list`")
     # webhooks (SPEC §12.4): the operator's registry of a project's endpoints
-    wh = sub.add_parser("webhooks", help="webhook endpoints told when a project's batches end").add_subparsers(
-        dest="webhooks_command", required=True)
-    wa = wh.add_parser("add", help="register an endpoint; its signing secret is the last line printed")
-    wa.add_argument("--project", required=True, help="the project whose batches it hears of")
-    wa.add_argument("--url", required=True, help="where to POST the events (http or https)")
+    wh = database_command(sub, "webhooks", "webhook endpoints told when a project's batches end")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, metavar="WEBHOOKS_COMMAND")
+    wa = database_command(wh_sub, "add", "register an endpoint; its signing secret is the last line printed")
+    wa.add_argument("--project", required=True, help="the project whose batches it hears of (required)")
+    wa.add_argument("--url", required=True, help="where to POST the events, http or https (required)")
     wa.add_argument("--events", help="comma-separated: batch.completed, batch.failed, batch.cancelled, "
                                      "batch.expired (default: all four)")
-    wl = wh.add_parser("list", help="the registered endpoints (never their secrets)")
-    wl.add_argument("--project", help="only this project's")
-    wr = wh.add_parser("remove", help="remove an endpoint; its pending deliveries are dropped")
-    wr.add_argument("endpoint_id", metavar="ID")
-    rp = sub.add_parser("replay", help="a batch's events in order, for audits")
-    rp.add_argument("batch_id")
-    rp.add_argument("--json", action="store_true", help="JSON lines")
-    rp.add_argument("--requests", action="store_true", help="include every per-request event")
-    pr = sub.add_parser("projections", help="views of the log").add_subparsers(dest="projections_command",
-                                                                              required=True)
-    rb = pr.add_parser("rebuild", help="rebuild every view from the log")
-    rb.add_argument("--verify", action="store_true", help="compare instead of replacing; exit 1 on a difference")
+    wl = database_command(wh_sub, "list", "the registered endpoints (never their secrets)")
+    wl.add_argument("--project", help="only this project's (default: every project)")
+    wr = database_command(wh_sub, "remove", "remove an endpoint; its pending deliveries are dropped")
+    wr.add_argument("endpoint_id", metavar="ID", help="the endpoint, as `webhooks list` shows it")
+    rp = database_command(sub, "replay", "a batch's events in order, for audits")
+    rp.add_argument("batch_id", metavar="BATCH_ID", help="the batch to replay")
+    rp.add_argument("--json", action="store_true", help="JSON lines instead of text (default: text)")
+    rp.add_argument("--requests", action="store_true",
+                    help="include every request's outcome and attempts (default: batch events only)")
+    pr = database_command(sub, "projections", "the views of the log")
+    pr_sub = pr.add_subparsers(dest="projections_command", required=True, metavar="PROJECTIONS_COMMAND")
+    rb = database_command(pr_sub, "rebuild", "rebuild every view from the log")
+    rb.add_argument("--verify", action="store_true",
+                    help="compare the views with the log instead of replacing them; exit 1 on a difference "
+                         "(default: rebuild)")
+    from .client.commands import add_batch_parser
+    add_batch_parser(sub)
+    _mock_parser(sub)
+    return p
+
+
+def _mock_parser(sub) -> None:
     mu = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider",
                         description="A fake OpenAI-compatible provider for tests and benchmarks. Every "
                                     "setting can also be changed while it runs: POST a JSON object of them "
@@ -102,7 +169,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="429s carry neither retry header (default: they carry both)")
     mu.add_argument("--api-key", help="require `Authorization: Bearer <this>` (default: accept any)")
     mu.add_argument("--seed", type=int, help="seed of the random faults (default: a different sequence each run)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,18 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mock-upstream":
             return _mock_upstream(args)
+        if args.command == "batch":
+            from .client.commands import run_batch_command
+            return run_batch_command(args)
         settings = load_settings(
             database_url=args.database_url, data_dir=args.data_dir, log_format=args.log_format,
-            upstream_url=getattr(args, "upstream_url", None),
-            upstream_concurrency=getattr(args, "upstream_concurrency", None),
-            config_path=getattr(args, "config_path", None),
-            window_seconds=getattr(args, "window_seconds", None))
+            **{field: getattr(args, field, None) for _, field, _ in SERVER_SETTINGS})
         logsetup.configure(settings.log_format)
         match args.command:
             case "serve" | "api" | "worker":
                 from .server import run_server
-                return asyncio.run(run_server(settings, args.command, getattr(args, "host", None),
-                                              getattr(args, "port", None)))
+                return asyncio.run(run_server(settings, args.command, args.host, args.port))
             case "migrate":
                 from .db import migrate_command
                 return asyncio.run(migrate_command(settings))

@@ -62,7 +62,38 @@ _ENV = {
     "EVENTBATCH_WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout_seconds",
     "EVENTBATCH_UPLOAD_READ_TIMEOUT_SECONDS": "upload_read_timeout_seconds",
 }
-SETTING_NAMES = tuple(_ENV)
+ENV_NAME = {field: name for name, field in _ENV.items()}   # Settings field -> its variable
+
+# What the command-line client (`eventbatch batch …`, section 13) reads: where the API is, and a key.
+_CLIENT_ENV = {"EVENTBATCH_BASE_URL": "base_url", "EVENTBATCH_API_KEY": "api_key"}
+DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
+SETTING_NAMES = tuple(_ENV) + tuple(_CLIENT_ENV)
+
+
+class ClientSettings(msgspec.Struct, kw_only=True):
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = None
+
+    def __repr__(self) -> str:  # never print the key
+        return f"ClientSettings(base_url={self.base_url!r}, api_key={'set' if self.api_key else 'unset'})"
+
+
+def load_client_settings(env: Mapping[str, str] | None = None, **overrides) -> ClientSettings:
+    """EVENTBATCH_BASE_URL and EVENTBATCH_API_KEY, flags winning over the variables."""
+    env = os.environ if env is None else env
+    raw = {field: env[name] for name, field in _CLIENT_ENV.items() if env.get(name, "") != ""}
+    raw.update({k: v for k, v in overrides.items() if v})
+    s = ClientSettings()
+    if "base_url" in raw:
+        url = str(raw["base_url"]).rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"EVENTBATCH_BASE_URL={url!r} is not an http(s) URL; set it (or --base-url) to "
+                                f"the eventbatch API including /v1, e.g. {DEFAULT_BASE_URL}.")
+        s.base_url = url
+    if "api_key" in raw:
+        s.api_key = str(raw["api_key"]).strip()
+    return s
 
 
 _USERINFO = re.compile(r"(?<=//)([^/?#]*)@")

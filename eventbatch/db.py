@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 
@@ -15,6 +17,42 @@ from .config import Settings, SettingsError, mask_url
 from .sql import Q
 
 _MIGRATION_NAME = re.compile(r"^[0-9]{3}_.+\.sql$")
+
+
+class Database(NamedTuple):
+    """Which database a command uses, as the person who ran it should hear it."""
+    shown: str                      # the embedded folder, or the URL with its password masked
+    created: bool = False           # a new, empty embedded Postgres was made just now
+    others: tuple[Path, ...] = ()   # data folders of other embedded Postgres servers running now
+
+    def notice(self) -> list[str]:
+        """One line naming the database, and a warning when a new embedded one may be the wrong one."""
+        lines = [f"database: {self.shown}" + (" (created now)" if self.created else "")]
+        if self.created and self.others:
+            lines.append(f"warning: {self.beside_another()}")
+        return lines
+
+    def beside_another(self) -> str:
+        other, more = self.others[0], len(self.others) - 1
+        return (f"this made a new, empty database while an embedded Postgres is running for {other}"
+                + (f" (and {more} other folder{'s' if more > 1 else ''})" if more else "")
+                + f": a server using that one does not see what is written here. To use it, pass --data-dir "
+                  f"{other} (or run from {other.parent}).")
+
+
+def embedded_is_new(settings: Settings) -> bool:
+    """Asked before the embedded server is started: will starting it make a new database?"""
+    return settings.database_url is None and not (settings.data_dir.expanduser().resolve() / "pgdata"
+                                                  / "PG_VERSION").exists()
+
+
+def describe(settings: Settings, created: bool) -> Database:
+    """Asked once the database answers (the embedded server running)."""
+    if settings.database_url is not None:
+        return Database(mask_url(settings.database_url))
+    data_dir = settings.data_dir.expanduser().resolve()
+    return Database(f"the embedded Postgres in {data_dir}", created,
+                    embedded.others_running(data_dir) if created else ())
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -163,15 +201,28 @@ async def owner_url(settings: Settings) -> str:
     return settings.migration_database_url or settings.database_url
 
 
+def announce(database: Database) -> None:
+    """On stderr, so that what a command prints on stdout (a key, JSON lines) stays clean."""
+    for line in database.notice():
+        print(f"eventbatch: {line}", file=sys.stderr, flush=True)
+
+
 async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Pool:
-    """URL (embedded server if none), migrations, pool: what every command does at start."""
+    """URL (embedded server if none), migrations, pool: what every command does at start. The
+    command names the database it uses (a key made in the wrong one is a puzzling 401 later)."""
+    created = embedded_is_new(settings)
     url = await runtime_url(settings)
-    return await create_pool(url, min_size=1, max_size=max_size)
+    pool = await create_pool(url, min_size=1, max_size=max_size)
+    announce(describe(settings, created))
+    return pool
 
 
 async def migrate_command(settings: Settings) -> int:
     """`eventbatch migrate`, as the schema owner."""
+    created = embedded_is_new(settings)
     conn = await connect(await owner_url(settings))
+    announce(describe(settings, created) if settings.migration_database_url is None
+             else Database(mask_url(settings.migration_database_url)))
     try:
         applied = await migrate(conn, progress=lambda name: print(f"applied {name}", flush=True))
         if settings.database_url is None and settings.migration_database_url is None:

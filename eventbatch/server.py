@@ -26,8 +26,15 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     from .api.runner import ApiRunner
     from .worker import Worker
 
+    providers = _check_upstream(settings, role)   # before anything listens: a serve that cannot work says so
+    created = db.embedded_is_new(settings)
     url = await db.runtime_url(settings)
     pool = await db.create_pool(url, max_size=20)
+    database = await asyncio.to_thread(db.describe, settings, created)
+    log.info("database", database=database.shown, created=database.created)
+    if database.created and database.others:
+        log.warning("embedded_database_created_beside_another", data_dir=str(settings.data_dir),
+                    running_for=[str(d) for d in database.others], message=database.beside_another())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -43,14 +50,14 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
             except OSError as exc:
                 raise SettingsError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port.") \
                     from None
-            log.info("api_listening", url=f"http://{host}:{port}/v1")
+            log.info("api_listening", url=f"{_listening_root(runner, host)}/v1")
         if role == "serve":
             # The worker gets a thread, an event loop and a pool of its own: at full speed it keeps
             # a loop busy, and API reads must not queue behind it.
-            worker = WorkerThread(settings, url)
+            worker = WorkerThread(settings, url, providers)
             await worker.start()
         elif role == "worker":
-            worker = Worker(settings, pool)
+            worker = Worker(settings, pool, providers=providers)
             await worker.start()
         if role == "worker" and port is not None:
             # A worker has no API; it answers probes and /metrics on its own port when given one.
@@ -62,7 +69,7 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
             runner = web.AppRunner(probes, access_log=None, handle_signals=False)
             await runner.setup()
             await web.TCPSite(runner, host or "127.0.0.1", port).start()
-            log.info("worker_probes_listening", url=f"http://{host or '127.0.0.1'}:{port}")
+            log.info("worker_probes_listening", url=_listening_root(runner, host or "127.0.0.1"))
         await stop.wait()
         log.info("shutting_down", role=role)
     finally:
@@ -74,13 +81,42 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     return 0
 
 
+def _check_upstream(settings: Settings, role: str):
+    """The providers a worker needs, read before the API listens: without one, `serve` stops
+    at once with the reason instead of logging that it listens and then exiting."""
+    if role == "api":
+        return None
+    from .worker.providers import load_providers
+    try:
+        providers = load_providers(settings)
+    except SettingsError as exc:
+        other = " Run `eventbatch api` for the API alone." if role == "serve" else ""
+        raise SettingsError(f"`eventbatch {role}` cannot start its worker: {exc}{other}") from None
+    if settings.upstream_url is not None and not settings.upstream_api_key:
+        log.warning("upstream_api_key_empty", upstream_url=settings.upstream_url,
+                    message="EVENTBATCH_UPSTREAM_API_KEY is not set: requests go to the provider without a "
+                            "key. Set it if the provider needs one.")
+    return providers
+
+
+def _listening_root(runner, host: str) -> str:
+    """The address really bound (with --port 0, the port the system picked)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            bound_host, bound_port = address[0], address[1]
+            shown = host if host not in ("", "0.0.0.0", "::") else bound_host
+            return f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}"
+    return f"http://{host}"
+
+
 class WorkerThread:
     """`serve`'s worker, in one process with the API but on its own thread and event loop."""
 
-    def __init__(self, settings: Settings, url: str):
+    def __init__(self, settings: Settings, url: str, providers=None):
         from .worker.providers import load_providers
         self.settings, self.url = settings, url
-        self.providers = load_providers(settings)   # a bad provider config fails here, at start
+        # a bad provider config fails here, at start
+        self.providers = providers if providers is not None else load_providers(settings)
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
