@@ -165,18 +165,27 @@ def test_every_error_is_one_line_and_a_non_zero_exit(case, server, new_key, tmp_
     assert "Traceback" not in r.stderr
 
 
-def test_retry_shows_the_servers_answer(server, new_key, tmp_path):
-    """`batch retry` calls POST /v1/batches/{id}/retry (section 12.2). On a batch that is still
-    running the server refuses (409; 404 from a server without the route): the client prints the
-    server's own message on one line."""
+def test_retry_runs_the_failed_requests_again_and_refusals_are_the_servers_line(server, new_key, tmp_path):
+    """`batch retry` calls POST /v1/batches/{id}/retry (section 12.2)."""
     key = new_key()
-    source = requests_file(tmp_path / "in.jsonl", 3, latency_ms=30_000)
-    batch = json.loads(eventbatch("batch", "submit", str(source), "--json", key=key, base_url=server.base_url).stdout)
+    source = requests_file(tmp_path / "in.jsonl", 40)   # lines 7 and 31 fail, and fail again
+    first = eventbatch("batch", "submit", str(source), "--wait", "--out", str(tmp_path / "first"), "--json",
+                       "--interval", "0.1", key=key, base_url=server.base_url)
+    original = json.loads(first.stdout)
+    r = eventbatch("batch", "retry", original["id"], "--wait", "--out", str(tmp_path / "again"), "--json",
+                   "--interval", "0.1", key=key, base_url=server.base_url)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["retry_of"] == original["id"] and again["id"] != original["id"]
+    assert again["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+    assert sorted(custom_ids(tmp_path / "again")) == ["req-31", "req-7"]
+    # a batch that has not ended: the server's 409, as one line
+    running = json.loads(eventbatch("batch", "submit", str(requests_file(tmp_path / "slow.jsonl", 3, 30_000)),
+                                    "--json", key=key, base_url=server.base_url).stdout)
     try:
-        r = eventbatch("batch", "retry", batch["id"], key=key, base_url=server.base_url)
-        lines = r.stderr.splitlines()
-        assert r.returncode == 1 and len(lines) == 1, r.stderr
-        assert lines[0].startswith(f"eventbatch: error: 409 from {server.base_url}: ") or \
-            lines[0].startswith(f"eventbatch: error: 404 from {server.base_url}: Unknown request URL"), lines[0]
+        refused = eventbatch("batch", "retry", running["id"], key=key, base_url=server.base_url)
+        lines = refused.stderr.splitlines()
+        assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+        assert lines[0].startswith(f"eventbatch: error: 409 from {server.base_url}: "), lines[0]
     finally:
-        eventbatch("batch", "cancel", batch["id"], key=key, base_url=server.base_url)
+        eventbatch("batch", "cancel", running["id"], key=key, base_url=server.base_url)
