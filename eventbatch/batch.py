@@ -258,6 +258,27 @@ def validation_due(state: BatchState) -> bool:
     return state.status == "validating" and not validated(state)
 
 
+def due_at(state: BatchState) -> float | None:
+    """From when the batch has due work (SPEC §11), by its state alone: the sweepers' index
+    (table batch_due, a projection like the view). A validation is due from the create, a cancel's
+    settling from cancelling_at, completion once every request has an outcome, expiry at
+    expires_at; a terminal batch has none (None). Being due is a reason to look: settle() still
+    decides what, if anything, happens (it may wait for leases)."""
+    match state.status:
+        case "validating":
+            return float(state.created_at)
+        case "cancelling":
+            return float(state.cancelling_at or state.created_at)
+        case "finalizing":
+            return float(state.finalizing_at or state.created_at)
+        case "in_progress":
+            rc = state.request_counts
+            if rc.completed + rc.failed >= rc.total:
+                return float(state.in_progress_at or state.created_at)
+            return None if state.expires_at is None else float(state.expires_at)
+    return None
+
+
 def may_validate(state: BatchState) -> bool:
     """A validation run now would be recorded: validating, or cancelled before it was validated."""
     return state.status in ("validating", "cancelling") and not validated(state)

@@ -61,9 +61,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     costs a round trip per release, about 5% of a drain's CPU."""
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, init=None) -> asyncpg.Pool:
+    """`init`: a coroutine run on each new connection (the sweeper counts its statements)."""
     try:
-        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session,
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session, init=init,
                                          command_timeout=300, server_settings={"application_name": "eventbatch"})
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
             OverflowError) as exc:

@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 
 from . import events as ev
-from .batch import OPEN as OPEN_STATUSES, BatchState
+from .batch import OPEN as OPEN_STATUSES, BatchState, due_at
 from .sql import Q
 
 
@@ -94,8 +94,17 @@ async def batch_status(conn, batch_id: str) -> str | None:
     return await conn.fetchval(Q.batch_view_status, batch_id)
 
 
-async def save_batch(conn: asyncpg.Connection, state: BatchState, seq: int = 0) -> None:
-    await conn.execute(Q.batch_view_upsert, state.id, state.project, seq, state.status, state.version, _enc.encode(state))
+async def save_batch(conn: asyncpg.Connection, state: BatchState, seq: int = 0,
+                     before: BatchState | None = None) -> None:
+    """The view, and its due time (batch_due, the sweepers' index). `before`: the view this one
+    was folded from, when the caller has it; an unchanged due time is then not written again."""
+    due = due_at(state)
+    if before is not None and due_at(before) == due:
+        await conn.execute(Q.batch_view_upsert, state.id, state.project, seq, state.status, state.version,
+                           _enc.encode(state))
+        return
+    await conn.execute(Q.batch_view_upsert_due, state.id, state.project, seq, state.status, state.version,
+                       _enc.encode(state), due)
 
 
 async def save_file(conn: asyncpg.Connection, view: FileView, seq: int = 0) -> None:

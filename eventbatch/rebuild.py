@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from . import events as ev
-from .batch import BatchState, evolve
+from .batch import BatchState, due_at, evolve
 from .projections import FileView, decode_batch, decode_file, evolve_file
 from .api_keys import KeyView, decode_key, evolve_key, key_row
 from . import db
@@ -96,6 +96,10 @@ def _batch_row(seq: int, s: BatchState) -> tuple:
     return (s.id, s.project, seq, s.status, s.version, _enc.encode(s))
 
 
+def _due_rows(folded: "Folded") -> list[tuple]:
+    return [(s.id, due, due) for _, s in folded.batches.values() if (due := due_at(s)) is not None]
+
+
 def _file_row(seq: int, f: FileView) -> tuple:
     return (f.id, f.project, seq, f.purpose, f.deleted, f.version, f.expires_at, f.purge_after, _enc.encode(f))
 
@@ -115,6 +119,10 @@ async def rebuild(conn: asyncpg.Connection, progress=None) -> Folded:
         await conn.copy_records_to_table(
             "batch_view", records=[_batch_row(seq, s) for seq, s in folded.batches.values()],
             columns=["id", "project", "seq", "status", "version", "doc"])
+        # batch_due, the sweepers' index of due times, is a projection too (SPEC §11).
+        await conn.execute(Q.batch_due_delete_all)
+        await conn.copy_records_to_table("batch_due", records=_due_rows(folded),
+                                         columns=["batch_id", "due_at", "next_at"])
         await conn.copy_records_to_table(
             "file_view", records=[_file_row(seq, f) for seq, f in folded.files.values()],
             columns=["id", "project", "seq", "purpose", "deleted", "version", "expires_at", "purge_after", "doc"])
@@ -131,7 +139,12 @@ async def verify(conn: asyncpg.Connection, progress=None) -> tuple[Folded, list[
         live_b = {r["id"]: r for r in await conn.fetch(Q.batch_view_all)}
         live_f = {r["id"]: r for r in await conn.fetch(Q.file_view_all)}
         live_k = {r["id"]: r for r in await conn.fetch(Q.key_view_all)}
+        live_due = {r["batch_id"]: r["due_at"] for r in await conn.fetch(Q.batch_due_all)}
     diffs: list[str] = []
+    fresh_due = {batch_id: due for batch_id, due, _ in _due_rows(folded)}
+    for id_ in sorted(fresh_due.keys() | live_due.keys()):
+        if fresh_due.get(id_) != live_due.get(id_):
+            diffs.append(f"batch {id_}: due time differs (batch_due={live_due.get(id_)!r} log={fresh_due.get(id_)!r})")
     for kind, fresh, live, row_of, dec in (
             ("batch", folded.batches, live_b, _batch_row, decode_batch),
             ("file", folded.files, live_f, _file_row, decode_file),

@@ -41,7 +41,13 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
         loop.add_signal_handler(sig, stop.set)
     runner = None
     worker = None
+    sweeper = None
     try:
+        # Due work (validation, expiry, settling) is every role's, on connections of its own.
+        from .worker.providers import configured_model_check
+        from .worker.sweeper import Sweeper, open_pool
+        sweeper = Sweeper(await open_pool(url), settings.chunk_size, configured_model_check(settings))
+        await sweeper.start()
         if role in ("serve", "api"):
             runner = ApiRunner(create_app(settings, pool, pool_size=20), access_log=None, handle_signals=False)
             await runner.setup()
@@ -75,6 +81,9 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     finally:
         if worker is not None:
             await worker.stop()
+        if sweeper is not None:
+            await sweeper.stop()
+            await sweeper.pool.close()
         if runner is not None:
             await runner.cleanup()
         await pool.close()

@@ -20,8 +20,37 @@ SELECT status FROM batch_view WHERE id = $1
 SELECT id, status FROM batch_view WHERE id = ANY($1::text[])
 
 -- batch_view_upsert --
+-- The view alone, when the caller knows its due time did not move (the recorder's flushes).
 INSERT INTO batch_view (id, project, seq, status, version, doc) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, version = EXCLUDED.version, doc = EXCLUDED.doc
+
+-- batch_view_upsert_due --
+-- The view and its due time in batch_due ($7 = batch.due_at; NULL once nothing will be due):
+-- one statement, so the projection and its index cannot part. A new due_at also resets next_at,
+-- so a sweeper looks at once when it is past; an unchanged one leaves a sweeper's next_at alone.
+WITH v AS (
+    INSERT INTO batch_view (id, project, seq, status, version, doc) VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, version = EXCLUDED.version, doc = EXCLUDED.doc
+), gone AS (
+    DELETE FROM batch_due WHERE batch_id = $1 AND $7::float8 IS NULL
+)
+INSERT INTO batch_due (batch_id, due_at, next_at) SELECT $1, $7::float8, $7::float8 WHERE $7::float8 IS NOT NULL
+ON CONFLICT (batch_id) DO UPDATE SET due_at = EXCLUDED.due_at, next_at = EXCLUDED.next_at
+WHERE batch_due.due_at IS DISTINCT FROM EXCLUDED.due_at
+
+-- batch_due_claim --
+-- Up to $2 batches due by $1 (now), each to one sweeper: their next look moves to $3 (the
+-- sweeper's deadline), so the others skip them while it works, and take them if it is gone by
+-- then. An index range scan of what is due: the open batches that are not due cost nothing.
+UPDATE batch_due d SET next_at = $3
+FROM (SELECT batch_id FROM batch_due WHERE next_at <= $1 ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE d.batch_id = due.batch_id
+RETURNING d.batch_id
+
+-- batch_due_again --
+-- A due batch that nothing could move yet (a cancel waiting for leases, a validation another
+-- process runs): look again at $3, unless its due time moved meanwhile ($2: the claim's deadline).
+UPDATE batch_due SET next_at = $3 WHERE batch_id = $1 AND next_at = $2
 
 -- batch_view_with_status --
 -- Batches in any of the given statuses ($1: e.g. batch.OPEN), for the sweeper.
@@ -82,7 +111,13 @@ ORDER BY seq DESC LIMIT $4
 
 -- view_lock_for_rebuild --
 -- Readers go on reading the old views; appends (which all write a view row) wait.
-LOCK TABLE batch_view, file_view, api_keys IN EXCLUSIVE MODE
+LOCK TABLE batch_view, file_view, api_keys, batch_due IN EXCLUSIVE MODE
+
+-- batch_due_delete_all --
+DELETE FROM batch_due
+
+-- batch_due_all --
+SELECT batch_id, due_at FROM batch_due
 
 -- batch_view_delete_all --
 DELETE FROM batch_view

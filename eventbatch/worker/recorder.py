@@ -162,8 +162,8 @@ class Recorder:
                     inserted = await store.append_outcomes(conn, batch_id, keep)
                     new = [o for o in keep if o.index in inserted]
                     if new:
-                        state = domain.fold(state, new)
-                        await projections.save_batch(conn, state)
+                        state, before = domain.fold(state, new), state
+                        await projections.save_batch(conn, state, before=before)   # due time mostly unmoved
                         for o in new:
                             recorded[domain.counted_as(o)] += 1
                 for c, _ in items:

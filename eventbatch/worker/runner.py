@@ -1,5 +1,6 @@
 """The worker: claims chunks of running batches with leases, runs their requests upstream,
-records outcomes in group commits, and sweeps batches due for a transition.
+records outcomes in group commits, and settles the batches whose chunks it finished (the rest
+of due work is the sweeper's, which every process runs: server.py).
 
 Wake-ups come from LISTEN/NOTIFY (channel 'eventbatch'); polling guarantees progress when a
 notification is lost."""
@@ -25,9 +26,8 @@ from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from . import queue, upstream
 from .fairshare import FairSlots
 from .finalizer import settle_batch
-from .providers import Provider, load_providers, model_check, provider_for, route_of
+from .providers import Provider, load_providers, provider_for, route_of
 from .recorder import HeldChunk, Recorder
-from .sweeper import Sweeper
 from .webhooks import Deliveries
 
 log = structlog.get_logger("eventbatch.worker")
@@ -84,7 +84,6 @@ class Worker:
         self.max_chunks = 256
         self.held: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
-        self.sweeper = Sweeper(pool, settings.chunk_size, model_check(self.providers))
         self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
                                  on_chunk_finished=self._chunk_finished, on_flushed=self._maybe_claim)
         self._stop = asyncio.Event()
@@ -110,7 +109,6 @@ class Worker:
                  want_requests=self.want_requests)
         for coro, name in ((self.recorder.run(), "recorder"), (self._claim_loop(), "claimer"),
                            (self._heartbeat_loop(), "heartbeat"), (self._watch_loop(), "watcher"),
-                           (self._sweep_loop(), "sweeper"),
                            (Deliveries(self.pool, self.settings).run(self._stop), "webhooks"),
                            (self._every(idempotency.PURGE_INTERVAL_SECONDS, self._purge_idempotency_keys),
                             "idempotency_purge")):
@@ -169,12 +167,6 @@ class Worker:
                 wake.clear()
 
     # --- due work ----------------------------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        await self._every(self.sweep_interval, self.sweep)
-
-    async def sweep(self) -> None:
-        await self.sweeper.sweep()
 
     async def _purge_idempotency_keys(self) -> None:
         await idempotency.purge_expired(self.pool)
