@@ -1,67 +1,87 @@
-"""Process-local metrics in Prometheus' text format. Counters and histograms live in the process
-that does the work (the API process for HTTP, the worker for upstream calls and outcomes); gauges
-that describe the whole system (batches by status, requests waiting) are read from the database
-at scrape time, so every scrape target agrees on them."""
+"""Metrics in Prometheus' text format, kept by `prometheus-client`.
+
+Counters, histograms and gauges live in the process that does the work (the API for HTTP, the
+worker for upstream calls and outcomes); `serve` runs both on two threads, and the library's
+values are safe across threads. Figures that describe the whole system (batches by status,
+requests waiting) are read from the database at scrape time, so every scrape target agrees on
+them (aggregate those with max(), not sum()).
+
+Multi-process deployments: each eventbatch process is a scrape target of its own (Prometheus
+adds `instance`). Several processes behind one address can share their figures through the
+library's multiprocess mode: set PROMETHEUS_MULTIPROC_DIR to an empty folder that they share
+(read by prometheus-client itself, at import); /metrics then sums every live process's values.
+
+The wrappers keep the calls the code makes (`inc(*labels, amount=)`, `set(*labels, value=)`,
+`observe(v)`) and add `.values`, this process's figures by label values, for tests."""
 
 from __future__ import annotations
 
-import bisect
-from typing import Iterable
-
 import asyncpg
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .batch import OPEN, STATUSES
 from .projections import decode_batch
 from .sql import Q
 
+# `<name>_created` series double every counter and say nothing an operator reads.
+prometheus_client.disable_created_metrics()
 
-def _labels(names: tuple[str, ...], values: tuple) -> str:
-    if not names:
-        return ""
-    inner = ",".join(f'{n}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for n, v in zip(names, values))
-    return "{" + inner + "}"
+REGISTRY = CollectorRegistry(auto_describe=True)
+# The library chose its value store at import from PROMETHEUS_MULTIPROC_DIR: ask it, not the environment.
+_MULTIPROCESS = bool(getattr(values.ValueClass, "_multiprocess", False))
+if not _MULTIPROCESS:   # per-process figures make no sense summed over processes
+    prometheus_client.ProcessCollector(registry=REGISTRY)
+    prometheus_client.GCCollector(registry=REGISTRY)
 
 
-class Counter:
+class _Metric:
+    def __init__(self, metric, labels: tuple[str, ...]):
+        self._metric, self.label_names = metric, labels
+
+    def _child(self, labels: tuple):
+        return self._metric.labels(*labels) if self.label_names else self._metric
+
+    @property
+    def values(self) -> dict[tuple, float]:
+        """This process's figures: label values -> value (a histogram's counts)."""
+        out: dict[tuple, float] = {}
+        for family in self._metric.collect():
+            for sample in family.samples:
+                if sample.name.endswith(("_total", "_count")) or sample.name == family.name:
+                    out[tuple(sample.labels[n] for n in self.label_names)] = sample.value
+        return out
+
+
+class Counter(_Metric):
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.label_names = name, help, labels
-        self.values: dict[tuple, float] = {}
+        super().__init__(prometheus_client.Counter(name.removesuffix("_total"), help, labels, registry=REGISTRY),
+                         labels)
 
     def inc(self, *labels, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        if not self.values and not self.label_names:
-            yield f"{self.name} 0"
-        for labels, v in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.label_names, labels)} {v:g}"
+        self._child(labels).inc(amount)
 
 
-class Histogram:
+class Gauge(_Metric):
+    """A figure of this process that goes up and down (a provider's concurrency, its pause); in
+    multiprocess mode the live processes' figures are summed."""
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
+        super().__init__(prometheus_client.Gauge(name, help, labels, registry=REGISTRY,
+                                                 multiprocess_mode="livesum"), labels)
+
+    def set(self, *labels, value: float) -> None:
+        self._child(labels).set(value)
+
+
+class Histogram(_Metric):
     def __init__(self, name: str, help: str, buckets: tuple[float, ...]):
-        self.name, self.help, self.buckets = name, help, buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
+        super().__init__(prometheus_client.Histogram(name, help, buckets=buckets, registry=REGISTRY), ())
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        running = 0
-        for bound, n in zip(self.buckets, self.counts):
-            running += n
-            yield f'{self.name}_bucket{{le="{bound:g}"}} {running}'
-        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{self.name}_sum {self.sum:g}"
-        yield f"{self.name}_count {self.count}"
+        self._metric.observe(value)
 
 
 EVENTS_APPENDED = Counter("eventbatch_events_appended_total", "Events appended to the log by this process.")
@@ -78,22 +98,38 @@ HTTP_REQUESTS = Counter("eventbatch_http_requests_total", "API requests by metho
 DUE_STATEMENTS = Counter("eventbatch_due_statements_total",
                          "Statements the due-work sweeper of this process sent (finding due batches and working them).")
 CLAIM_STATEMENTS = Counter("eventbatch_claim_statements_total", "Claims of work chunks this process sent.")
-LOCAL = (EVENTS_APPENDED, REQUESTS, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY, HTTP_REQUESTS, DUE_STATEMENTS,
-         CLAIM_STATEMENTS)
+
+
+class _Snapshot:
+    """A collector of figures already read (the database's), for one scrape."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def _local_text() -> bytes:
+    if _MULTIPROCESS:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
 
 async def render(conn: asyncpg.Connection) -> str:
-    lines: list[str] = []
-    for m in LOCAL:
-        lines.extend(m.render())
     counts = {r["status"]: r["n"] for r in await conn.fetch(Q.batch_view_count_by_status)}
-    lines.append("# HELP eventbatch_batches Batches by status (all tenants).")
-    lines.append("# TYPE eventbatch_batches gauge")
-    lines.extend(f'eventbatch_batches{{status="{s}"}} {counts.get(s, 0)}' for s in STATUSES)
+    batches = GaugeMetricFamily("eventbatch_batches", "Batches by status (all tenants).", labels=["status"])
+    for s in STATUSES:
+        batches.add_metric([s], counts.get(s, 0))
     waiting = 0
     for (doc,) in await conn.fetch(Q.batch_view_docs_with_status, sorted(OPEN)):
         rc = decode_batch(doc).request_counts
         waiting += rc.total - rc.completed - rc.failed
-    lines.append("# HELP eventbatch_requests_waiting Requests of unfinished batches without an outcome yet.")
-    lines.append("# TYPE eventbatch_requests_waiting gauge")
-    lines.append(f"eventbatch_requests_waiting {waiting}")
-    return "\n".join(lines) + "\n"
+    system = CollectorRegistry(auto_describe=False)
+    system.register(_Snapshot([
+        batches,
+        GaugeMetricFamily("eventbatch_requests_waiting",
+                          "Requests of unfinished batches without an outcome yet.", value=waiting)]))
+    return (_local_text() + generate_latest(system)).decode()

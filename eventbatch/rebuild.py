@@ -169,19 +169,45 @@ async def verify(conn: asyncpg.Connection, progress=None) -> tuple[Folded, list[
 # --- the command ---------------------------------------------------------------------------
 
 class _Progress:
-    """A progress line on stderr: events folded, out of how many, rate."""
+    """The fold's progress on stderr: events folded, out of how many, rate, ETA. A live rich bar
+    on a terminal; elsewhere (logs, CI) a plain line every few seconds and one at the end."""
+
+    PLAIN_EVERY_SECONDS = 5.0
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = self._last = time.perf_counter()
+        self._bar = None
+        self._live = sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        if self._live:
+            self._draw(done, total)
+            return
+        now = time.perf_counter()
+        if done < total and now - self._last < self.PLAIN_EVERY_SECONDS:
+            return
+        self._last = now
+        rate = done / max(now - self.start, 1e-9)
         pct = 100.0 * done / total if total else 100.0
-        width = 30
-        bar = "#" * int(width * pct / 100)
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\rfolding events [{bar:<{width}}] {done}/{total} ({pct:5.1f}%) {rate:,.0f} events/s{end}")
+        bar = "#" * int(30 * pct / 100)
+        sys.stderr.write(f"folding events [{bar:<30}] {done}/{total} ({pct:5.1f}%) {rate:,.0f} events/s\n")
         sys.stderr.flush()
+
+    def _draw(self, done: int, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+        if self._bar is None:
+            self._bar = Progress(TextColumn("folding events"), BarColumn(), MofNCompleteColumn(),
+                                 TaskProgressColumn(), TextColumn("{task.fields[rate]} events/s"),
+                                 TimeRemainingColumn(), console=Console(stderr=True))
+            self._bar.start()
+            self._task = self._bar.add_task("fold", total=total, rate="-")
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self._bar.update(self._task, completed=done, total=total, rate=f"{rate:,.0f}")
+        if done >= total:
+            self._bar.stop()
+            self._bar = None
 
 
 async def rebuild_command(settings: Settings, *, verify_only: bool) -> int:
