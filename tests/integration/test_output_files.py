@@ -1,0 +1,98 @@
+"""Output and error files as projections (SPEC §12.5), against a real Postgres in process:
+closing a batch writes no bytes, the files' `bytes` are the fold's sums, and a view folded
+before the fold kept sizes is measured from the log when its batch closes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import msgspec
+import pytest
+
+from conftest import chat_line, jsonl
+from eventbatch import batch as domain, batches, events as ev, files, projections, rebuild, results, store
+from eventbatch.worker import queue
+from eventbatch.worker.finalizer import settle_batch
+from eventbatch.worker.validating import validate_batch
+
+
+async def _running_batch(pool, n: int) -> str:
+    async def pieces():
+        yield jsonl(chat_line(i) for i in range(n))
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            fid, size = await files.store_upload(conn, pieces())
+            await files.record_upload(conn, file_id=fid, project="p", filename="in.jsonl", purpose="batch",
+                                      size=size, expires_after=None)
+        state = await batches.create_batch(conn, project="p", input_file_id=fid, endpoint="/v1/chat/completions",
+                                           completion_window="24h", metadata=None, output_expires_after=None,
+                                           window_seconds=3600)
+    await validate_batch(pool, state.id, 4)
+    return state.id
+
+
+def _outcome(i: int) -> ev.Event:
+    if i % 3 == 0:
+        return ev.RequestFailed(index=i, custom_id=f"req-{i}", status_code=400, request_id=f"req_{i}",
+                                body=msgspec.Raw(b'{"error":{"message":"no","type":"invalid_request_error"}}'))
+    return ev.RequestSucceeded(index=i, custom_id=f"req-{i}", status_code=200, request_id=f"req_{i}", attempts=[],
+                               body=msgspec.Raw(msgspec.json.encode({"answer": "ü" * i})))
+
+
+async def _record(pool, batch_id: str, outcomes: list[ev.Event], *, forget_sizes: bool = False) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        state = await projections.lock_batch(conn, batch_id)
+        recorded = await store.append_outcomes(conn, batch_id, outcomes)
+        state = domain.fold(state, [o for o in outcomes if o.index in recorded])
+        if forget_sizes:      # a view written before the fold kept sizes
+            state = msgspec.structs.replace(state, output_bytes=None, error_bytes=None)
+        await projections.save_batch(conn, state)
+        await conn.execute("UPDATE work_chunks SET done = true WHERE batch_id = $1", batch_id)
+
+
+def _go(url: str, scenario):
+    async def main():
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        try:
+            return await scenario(pool)
+        finally:
+            await pool.close()
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def url(fresh_db):
+    return fresh_db().url
+
+
+async def _files_of(pool, state) -> dict[str, tuple[int, bytes]]:
+    out = {}
+    async with pool.acquire() as conn:
+        for fid in (state.output_file_id, state.error_file_id):
+            view = await projections.get_file(conn, fid, "p")
+            data = b"".join([p async for p in results.file_pages(pool, state.id, view.results)])
+            out[view.results] = (view.bytes, data)
+    return out
+
+
+@pytest.mark.parametrize("forget_sizes", [False, True])
+def test_closing_writes_no_bytes_and_knows_the_sizes(url, forget_sizes):
+    async def scenario(pool):
+        bid = await _running_batch(pool, 12)
+        await _record(pool, bid, [_outcome(i) for i in range(12)], forget_sizes=forget_sizes)
+        blobs_before = await pool.fetchval("SELECT count(*) FROM file_blobs")
+        t0 = time.perf_counter()
+        state = await settle_batch(pool, bid, 4)
+        assert state.status == "completed" and time.perf_counter() - t0 < 5
+        assert await pool.fetchval("SELECT count(*) FROM file_blobs") == blobs_before
+        got = await _files_of(pool, state)
+        assert set(got) == {"succeeded", "failed"}
+        for kind, (size, data) in got.items():
+            assert size == len(data) and data.count(b"\n") == (8 if kind == "succeeded" else 4)
+        async with pool.acquire() as conn:
+            assert not await queue.any_open(conn, bid)
+            _, diffs = await rebuild.verify(conn)     # the sizes measured equal a fresh fold's
+        assert diffs == []
+    _go(url, scenario)
