@@ -232,3 +232,7 @@ def decode(data: bytes) -> AnyEvent:
 
 def type_tag(event: Event) -> str:
     return type(event).__struct_config__.tag
+
+
+def type_tag_of(cls: type[Event]) -> str:
+    return cls.__struct_config__.tag

@@ -11,10 +11,11 @@ import msgspec
 
 from . import events as ev, ids
 
-# The two kinds of result, by the name the API uses for them (?status=succeeded|failed) and
-# the type tag of the events they come from.
-SUCCEEDED, FAILED = "succeeded", "failed"
-EVENT_TYPE = {SUCCEEDED: ev.RequestSucceeded.__struct_config__.tag, FAILED: ev.RequestFailed.__struct_config__.tag}
+# The two kinds of result by the name the API gives them (?status=succeeded|failed: the type
+# tag of the events they come from, request_succeeded and request_failed, without its prefix).
+EVENT_TYPE = {t.removeprefix("request_"): t for t in (ev.type_tag_of(ev.RequestSucceeded),
+                                                      ev.type_tag_of(ev.RequestFailed))}
+SUCCEEDED, FAILED = EVENT_TYPE
 
 
 class _OutResponse(msgspec.Struct):

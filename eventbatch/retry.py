@@ -24,7 +24,7 @@ from .validation import MAX_FILE_BYTES
 log = structlog.get_logger("eventbatch")
 
 _validated = msgspec.json.Decoder(ev.BatchValidated)
-_VALIDATED_TAG = ev.BatchValidated.__struct_config__.tag
+_VALIDATED_TAG = ev.type_tag_of(ev.BatchValidated)
 
 
 class InputGone(Exception):
