@@ -12,7 +12,7 @@ import math
 import msgspec
 
 from . import events as ev
-from .result_lines import output_line
+from .result_lines import line_size
 
 # The statuses of SPEC §5. Every list of statuses that SQL or metrics need comes from here.
 STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
@@ -125,12 +125,12 @@ def evolve(state: BatchState | None, event: ev.Event) -> BatchState:
             s.request_counts = RequestCounts(rc.total, rc.completed + 1, rc.failed)
             s.usage = _add_usage(s.usage, event.usage)
             if s.output_bytes is not None:
-                s.output_bytes += len(output_line(s.id, event))
+                s.output_bytes += line_size(event)
         case ev.RequestFailed():
             rc = s.request_counts
             s.request_counts = RequestCounts(rc.total, rc.completed, rc.failed + 1)
             if s.error_bytes is not None:
-                s.error_bytes += len(output_line(s.id, event))
+                s.error_bytes += line_size(event)
         case ev.BatchFinalizing():
             s.status, s.finalizing_at = "finalizing", _ts(event.at)
         case ev.BatchOutputWritten():

@@ -52,6 +52,20 @@ def output_line(batch_id: str, o: Outcome) -> bytes:
     return _line_encoder.encode(line) + b"\n"
 
 
+# Every line id has this length (ids.request_line_id: a fixed-size digest in hex).
+_SOME_LINE_ID = ids.request_line_id("batch_", 0)
+_NO_BODY = msgspec.Raw(b"")
+
+
+def line_size(o: Outcome) -> int:
+    """len(output_line(batch_id, o)) without building the line: the id's length is fixed and the
+    body is copied as it is, so the fold (batch.evolve) neither hashes nor copies a body."""
+    if isinstance(o, ev.RequestFailed) and o.status_code is None:
+        return len(output_line("", o))
+    line = OutputLine(_SOME_LINE_ID, o.custom_id, _OutResponse(o.status_code, o.request_id, _NO_BODY), None)
+    return len(_line_encoder.encode(line)) + len(o.body) + 1
+
+
 def line_of_event(batch_id: str, data: bytes) -> bytes:
     """The line of a stored outcome event (its msgspec JSON as in the log)."""
     return output_line(batch_id, outcome_decoder.decode(data))

@@ -48,3 +48,10 @@ def test_a_view_from_before_sizes_were_kept_stays_unknown():
     old = msgspec.json.decode(msgspec.json.encode({"id": "batch_x", "project": "p"}), type=domain.BatchState)
     assert old.output_bytes is None
     assert domain.fold(old, outcomes()).output_bytes is None
+
+
+def test_line_size_is_the_length_of_the_line():
+    from eventbatch.result_lines import line_size
+    for batch_id in ("batch_x", "batch_" + "f" * 24):
+        for o in outcomes():
+            assert line_size(o) == len(output_line(batch_id, o)), o
