@@ -92,6 +92,7 @@ class Worker:
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._listener: asyncpg.Connection | None = None
+        self._polling_only = False
         self._session: aiohttp.ClientSession | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -100,11 +101,7 @@ class Worker:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=True, raise_for_status=False)
-        try:
-            self._listener = await self.pool.acquire()
-            await self._listener.add_listener(CHANNEL, self._notified)
-        except Exception:
-            log.warning("listen_unavailable_polling_only")
+        await self._listen()
         log.info("worker_started", worker=self.owner, providers=[p.name for p in self.providers],
                  want_requests=self.want_requests)
         for coro, name in ((self.recorder.run(), "recorder"), (self._claim_loop(), "claimer"),
@@ -135,8 +132,9 @@ class Worker:
         if self._listener is not None:
             try:
                 await self._listener.remove_listener(CHANNEL, self._notified)
-            finally:
                 await self.pool.release(self._listener)
+            except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                pass   # the connection went away with the database: nothing left to stop
         if self._session is not None:
             await self._session.close()
         log.info("worker_stopped", worker=self.owner)
@@ -176,10 +174,33 @@ class Worker:
 
     # --- claiming ----------------------------------------------------------------------------
 
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own; after a database outage, again (polling goes on
+        meanwhile, so a lost wake-up only costs a poll interval)."""
+        try:
+            conn = await self.pool.acquire()
+            try:
+                await conn.add_listener(CHANNEL, self._notified)
+                conn.add_termination_listener(self._listener_lost)
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+        except Exception:
+            if not self._polling_only:   # once per outage, not at every poll
+                log.warning("listen_unavailable_polling_only")
+            self._polling_only = True
+            return
+        self._listener, self._polling_only = conn, False
+
+    def _listener_lost(self, conn) -> None:
+        self._listener = None
+
     async def _claim_loop(self) -> None:
         await self._every(POLL_INTERVAL, self._claim, self._claim_wake)
 
     async def _claim(self) -> None:
+        if self._listener is None and not self._stop.is_set():
+            await self._listen()
         for provider in self.providers:
             await self._claim_for(provider.name)
 
