@@ -1,4 +1,5 @@
-"""Postgres: the URL (embedded.py when none is set), the connection pool and the migration runner."""
+"""Postgres: the URL (embedded.py when none is set), pools (pool.py: their timeouts), the migration
+runner, and what every command does at start."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from . import embedded
+from . import embedded, pool
 from .config import Settings, SettingsError, mask_url
 from .sql import Q
 
@@ -55,17 +56,14 @@ def describe(settings: Settings, created: bool) -> Database:
                     embedded.others_running(data_dir) if created else ())
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to reset on release: eventbatch sets no session state (its advisory locks are
-    transaction-scoped, LISTEN lives on a connection the worker keeps). asyncpg's default reset
-    costs a round trip per release, about 5% of a drain's CPU."""
-
-
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, init=None) -> asyncpg.Pool:
-    """`init`: a coroutine run on each new connection (the sweeper counts its statements)."""
+async def create_pool(url: str, *, kind: str = "worker", min_size: int = 2, max_size: int = 10,
+                      server_settings: dict[str, str] | None = None, init=None) -> pool.Pool:
+    """A pool with the timeouts of its kind (pool.PROFILES: worker, api, operator); a database
+    that cannot be reached at start is one line. `init`: a coroutine run on each new connection
+    (the sweeper counts its statements)."""
     try:
-        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session, init=init,
-                                         command_timeout=300, server_settings={"application_name": "eventbatch"})
+        return await pool.open_pool(url, kind=kind, min_size=min_size, max_size=max_size,
+                                    server_settings=server_settings, init=init)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
             OverflowError) as exc:
         raise _unreachable(url, exc) from None
@@ -74,7 +72,8 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, init=N
 async def connect(url: str) -> asyncpg.Connection:
     """One connection, for start-up checks and migrations; failures are one line like the pool's."""
     try:
-        return await asyncpg.connect(url, server_settings={"application_name": "eventbatch"})
+        return await asyncpg.connect(url, timeout=pool.CONNECT_SECONDS,
+                                     server_settings={"application_name": "eventbatch", **pool.PROFILES["operator"]})
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
             OverflowError) as exc:
         raise _unreachable(url, exc) from None
@@ -213,9 +212,9 @@ async def open_database(settings: Settings, *, max_size: int = 10) -> asyncpg.Po
     command names the database it uses (a key made in the wrong one is a puzzling 401 later)."""
     created = embedded_is_new(settings)
     url = await runtime_url(settings)
-    pool = await create_pool(url, min_size=1, max_size=max_size)
+    opened = await create_pool(url, kind="operator", min_size=1, max_size=max_size)
     announce(describe(settings, created))
-    return pool
+    return opened
 
 
 async def migrate_command(settings: Settings) -> int:

@@ -14,6 +14,7 @@ import structlog
 
 from . import db
 from .config import Settings, SettingsError
+from .pool import api_profile
 
 log = structlog.get_logger("eventbatch")
 
@@ -29,7 +30,11 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
     providers = _check_upstream(settings, role)   # before anything listens: a serve that cannot work says so
     created = db.embedded_is_new(settings)
     url = await db.runtime_url(settings)
-    pool = await db.create_pool(url, max_size=20)
+    if role == "worker":
+        pool = await db.create_pool(url, kind="worker", max_size=20)
+    else:
+        pool = await db.create_pool(url, kind="api", max_size=20,
+                                    server_settings=api_profile(settings.upload_read_timeout_seconds))
     database = await asyncio.to_thread(db.describe, settings, created)
     log.info("database", database=database.shown, created=database.created)
     if database.created and database.others:
@@ -155,7 +160,7 @@ class WorkerThread:
         from .worker import Worker
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        pool = await db.create_pool(self.url, max_size=12)
+        pool = await db.create_pool(self.url, kind="worker", max_size=12)
         try:
             worker = Worker(self.settings, pool, providers=self.providers)
             await worker.start()

@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import Settings
 from ..metrics import HTTP_REQUESTS
+from ..pool import api_profile, bounded_waits, unavailable
 from ..worker.providers import configured_model_check
 from . import auth, batch_events, batches, files, health, results, retry, uploads
 from .idempotency import idempotency_middleware
@@ -21,13 +22,16 @@ from .state import POOL, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION
 
 log = structlog.get_logger("eventbatch.api")
 
+RETRY_AFTER_SECONDS = "2"   # a restarting Postgres is usually back within seconds
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler):
     request_id = request.headers.get("x-request-id") or "req_" + uuid.uuid4().hex
     start = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
-        response = await handler(request)
+        with bounded_waits():   # every wait on the database: seconds, not as long as it is stalled
+            response = await handler(request)
     except ApiError as exc:
         response = exc.response()
     except web.HTTPException as exc:
@@ -49,10 +53,17 @@ async def errors_middleware(request: web.Request, handler):
         response = error_response(400, f"The request body could not be parsed: {parse_error_reason(exc)}.")
     except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("unhandled_error", method=request.method, path=request.path, request_id=request_id)
-        response = error_response(500, "The server had an error while processing your request. "
-                                       "Retry, and report the x-request-id if it persists.")
+    except Exception as exc:
+        if unavailable(exc):
+            # Down, unreachable or stalled (pool.py): the client should come back, not report a bug.
+            log.warning("database_unavailable", method=request.method, route=route, request_id=request_id,
+                        error=type(exc).__name__)
+            response = error_response(503, "The database is not answering right now. Retry in a few seconds.",
+                                      code="database_unavailable", headers={"Retry-After": RETRY_AFTER_SECONDS})
+        else:
+            log.exception("unhandled_error", method=request.method, path=request.path, request_id=request_id)
+            response = error_response(500, "The server had an error while processing your request. "
+                                           "Retry, and report the x-request-id if it persists.")
     response.headers["x-request-id"] = request_id
     HTTP_REQUESTS.inc(request.method, route, response.status)
     if route not in QUIET_ROUTES:
@@ -81,7 +92,8 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
             app[POOL] = pool
         else:
             from ..db import create_pool
-            app[POOL] = await create_pool(database_url, max_size=pool_size)
+            app[POOL] = await create_pool(database_url, kind="api", max_size=pool_size,
+                                          server_settings=api_profile(settings.upload_read_timeout_seconds))
         spawn(app, uploads.drop_orphan_pieces(app))
         yield
         for t in list(app[TASKS]):

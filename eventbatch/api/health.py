@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from .. import db, metrics
+from ..pool import bounded_waits
 from ..sql import Q
 from . import wire
 from .state import POOL
@@ -44,8 +45,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            async with request.app[POOL].acquire() as conn:
+        # Its own limit, also on a worker's probe port (no API middleware there): each wait is cut
+        # in the client (a frozen server enforces nothing), and the whole probe within the limit.
+        with bounded_waits(READY_TIMEOUT_SECONDS - 0.5):
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS), request.app[POOL].acquire() as conn:
                 await conn.fetchval(Q.database_ping)
                 pending = await db.pending_migrations(conn)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

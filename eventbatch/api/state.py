@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from ..config import Settings
+from ..pool import background_context
 
 log = structlog.get_logger("eventbatch.api")
 
@@ -99,7 +100,8 @@ def spawn_after_commit(request: web.Request, make: Callable[[], Awaitable]) -> N
 
 def spawn(app: web.Application, coro: Awaitable) -> None:
     """Background work of the API process (validation, settling after a cancel)."""
-    task = asyncio.ensure_future(coro)
+    # Not bounded like the API call that starts it (pool.bounded_waits): it may take its time.
+    task = asyncio.get_running_loop().create_task(coro, context=background_context())
     app[TASKS].add(task)
 
     def done(t: asyncio.Task) -> None:
