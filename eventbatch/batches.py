@@ -71,6 +71,12 @@ async def _enqueue_chunks(conn: asyncpg.Connection, state: BatchState, chunks: l
                            float(state.expires_at) if state.expires_at is not None else math.inf)
 
 
+async def lock_views_for_create(conn: asyncpg.Connection) -> None:
+    """First in a transaction that creates a batch: batch_view before file_view, the lock order
+    of sql/views.sql (a rebuild takes both), though a create has no batch row to lock yet."""
+    await conn.execute(Q.batch_view_lock_for_create)
+
+
 async def create_batch(conn: asyncpg.Connection, *, project: str, input_file_id: str, endpoint: str,
                        completion_window: str, metadata: dict[str, str] | None,
                        output_expires_after: int | None, window_seconds: float,
@@ -82,6 +88,7 @@ async def create_batch(conn: asyncpg.Connection, *, project: str, input_file_id:
                             expires_at=int(now + window_seconds), metadata=metadata,
                             output_expires_after=output_expires_after, retry_of=retry_of)
     async with conn.transaction():
+        await lock_views_for_create(conn)
         # Share-locked: a concurrent delete of the file waits for this batch to exist (and then
         # keeps the bytes the batch reads), instead of removing them under it.
         f = await projections.share_own_file(conn, input_file_id, project)

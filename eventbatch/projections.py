@@ -68,6 +68,25 @@ def decode_file(doc: bytes) -> FileView:
     return _file_dec.decode(doc)
 
 
+# --- rows ------------------------------------------------------------------------------
+# A view's row is written by one function, here, for the inline projection (save_*) and for
+# `projections rebuild` alike (views.py); seq is the position of the event that began the row.
+
+def batch_row(seq: int, s: BatchState) -> tuple:
+    return (s.id, s.project, seq, s.status, s.version, _enc.encode(s))
+
+
+def file_row(seq: int, f: FileView) -> tuple:
+    return (f.id, f.project, seq, f.purpose, f.deleted, f.version, f.expires_at, _enc.encode(f), f.purge_after)
+
+
+def due_row(seq: int, s: BatchState) -> tuple | None:
+    """The batch's row in batch_due (batch_id, due_at, next_at), None once nothing will be due;
+    next_at starts at due_at (the sweepers move it)."""
+    due = due_at(s)
+    return None if due is None else (s.id, due, due)
+
+
 # --- reading and writing views ----------------------------------------------------------
 
 async def lock_batch(conn: asyncpg.Connection, batch_id: str) -> BatchState | None:
@@ -100,16 +119,13 @@ async def save_batch(conn: asyncpg.Connection, state: BatchState, seq: int = 0,
     was folded from, when the caller has it; an unchanged due time is then not written again."""
     due = due_at(state)
     if before is not None and due_at(before) == due:
-        await conn.execute(Q.batch_view_upsert, state.id, state.project, seq, state.status, state.version,
-                           _enc.encode(state))
+        await conn.execute(Q.batch_view_upsert, *batch_row(seq, state))
         return
-    await conn.execute(Q.batch_view_upsert_due, state.id, state.project, seq, state.status, state.version,
-                       _enc.encode(state), due)
+    await conn.execute(Q.batch_view_upsert_due, *batch_row(seq, state), due)
 
 
 async def save_file(conn: asyncpg.Connection, view: FileView, seq: int = 0) -> None:
-    await conn.execute(Q.file_view_upsert, view.id, view.project, seq, view.purpose, view.deleted, view.version,
-                       view.expires_at, _enc.encode(view), view.purge_after)
+    await conn.execute(Q.file_view_upsert, *file_row(seq, view))
 
 
 async def get_file(conn, file_id: str, project: str) -> FileView | None:

@@ -73,6 +73,8 @@ async def retry_batch(conn: asyncpg.Connection, *, project: str, batch_id: str,
     batch.Conflict (not ended), batch.NothingToRetry, InputGone. One transaction: the new file
     and the new batch exist together or not at all."""
     async with conn.transaction():
+        # The new file's row comes before the new batch's: batch_view is taken first all the same.
+        await batches.lock_views_for_create(conn)
         state = await projections.get_batch(conn, batch_id, project)
         if state is None:
             raise NotFound(batch_id)

@@ -36,7 +36,7 @@ def file_stream(file_id: str) -> str:
     return f"file-{file_id}"
 
 
-OUTCOME_COLUMNS = ["stream", "version", "type", "data", "batch_id", "request_index"]
+OUTCOME_COLUMNS = ["stream", "version", "type", "data", "batch_id", "request_index", "summary"]
 
 
 async def append(conn: asyncpg.Connection, stream: str, expected_version: int, events: Sequence[ev.Event],
@@ -72,7 +72,8 @@ async def append_outcomes(conn: asyncpg.Connection, batch_id: str,
     for o in outcomes:
         if o.index not in settled:
             settled.add(o.index)  # and the first of two outcomes for one request wins
-            records.append((f"{stream}/{o.index}", 1, ev.type_tag(o), ev.encode(o), batch_id, o.index))
+            records.append((f"{stream}/{o.index}", 1, ev.type_tag(o), ev.encode(o), batch_id, o.index,
+                            ev.summarize(o)))
     if records:
         await conn.copy_records_to_table("events", records=records, columns=OUTCOME_COLUMNS)
     EVENTS_APPENDED.inc(amount=len(records))

@@ -24,9 +24,3 @@ SELECT doc FROM api_keys WHERE id = $1 FOR UPDATE
 SELECT k.doc, s.last_used_at FROM api_keys k LEFT JOIN api_key_secrets s ON s.key_id = k.id
 WHERE $1::text IS NULL OR k.project = $1
 ORDER BY k.seq
-
--- key_view_delete_all --
-DELETE FROM api_keys
-
--- key_view_all --
-SELECT id, project, seq, revoked, version, doc FROM api_keys

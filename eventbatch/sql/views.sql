@@ -2,10 +2,30 @@
 -- the same transaction as the events they come from, rebuilt from the log alone.
 -- Status lists are never spelled here: they come from the domain (eventbatch/batch.py) as
 -- parameters, so a new status cannot be forgotten in one query.
+--
+-- LOCK ORDER. A transaction that locks more than one view (a row lock, FOR SHARE, or a write)
+-- takes them in this order, and never goes back to an earlier one:
+--
+--     1. batch_view      2. batch_due      3. file_view      4. api_keys
+--     (a view added later: after these, in views.VIEWS, which the rebuild locks in this order)
+--
+-- So a create, which has no batch row to lock yet, first takes batch_view's table lock
+-- (batch_view_lock_for_create) before it share-locks its input file, and a retry takes it
+-- before it records its new input file; the finalizer locks its batch, then its input file's
+-- row and writes the output files'. `projections rebuild` locks all of
+-- them, in this order (views.VIEWS), for its short cut and swap (sql/rebuild.sql).
+-- An append to a stream that has a row is made with that row locked (store.py); the first
+-- event of a new stream may precede its row's insert, which the rebuild's cut checks for
+-- (rebuild.sql, event_appenders_in_flight).
 
 -- batch_view_lock --
 -- Every writer of a batch takes this lock first: its events commit in position order.
 SELECT doc FROM batch_view WHERE id = $1 FOR UPDATE
+
+-- batch_view_lock_for_create --
+-- A create takes batch_view before the input file's row (the lock order above). ROW EXCLUSIVE
+-- is what its insert takes anyway: creates do not wait for each other.
+LOCK TABLE batch_view IN ROW EXCLUSIVE MODE
 
 -- batch_view_get --
 SELECT doc FROM batch_view WHERE id = $1
@@ -108,28 +128,6 @@ SELECT doc FROM file_view WHERE project = $1 AND NOT deleted
   AND ($2::text IS NULL OR purpose = $2) AND ($3::bigint IS NULL OR seq < $3)
   AND (expires_at IS NULL OR expires_at > $5::float8)
 ORDER BY seq DESC LIMIT $4
-
--- view_lock_for_rebuild --
--- Readers go on reading the old views; appends (which all write a view row) wait.
-LOCK TABLE batch_view, file_view, api_keys, batch_due IN EXCLUSIVE MODE
-
--- batch_due_delete_all --
-DELETE FROM batch_due
-
--- batch_due_all --
-SELECT batch_id, due_at FROM batch_due
-
--- batch_view_delete_all --
-DELETE FROM batch_view
-
--- file_view_delete_all --
-DELETE FROM file_view
-
--- batch_view_all --
-SELECT id, project, seq, status, version, doc FROM batch_view
-
--- file_view_all --
-SELECT id, project, seq, purpose, deleted, version, expires_at, purge_after, doc FROM file_view
 
 -- file_view_purge_due --
 -- Input files whose bytes are due to be purged ($1: now, $2: how many), locked and skipped

@@ -129,7 +129,11 @@ def test_the_keys_view_is_rebuilt_from_the_log(server, new_key, database_url):
             await conn.execute("DELETE FROM api_keys WHERE id = $1", key_id)
             _, diffs = await rebuild.verify(conn)
             missing = [d for d in diffs if key_id in d]
-            await rebuild.rebuild(conn)
+            pool = await asyncpg.create_pool(database_url, min_size=2, max_size=2)
+            try:
+                await rebuild.rebuild(pool)
+            finally:
+                await pool.close()
             _, after = await rebuild.verify(conn)
             return missing, after
         finally:

@@ -30,7 +30,7 @@ async def test_keys_made_before_the_log_knew_keys_survive_the_migration(database
         assert [(r["stream"], r["version"], r["type"]) for r in rows] == [(f"key-{key_id}", 1, "api_key_created")]
         assert ids.key_hash(old_key).encode() not in rows[0]["data"]
         folded, diffs = await rebuild.verify(conn)
-        assert diffs == [] and list(folded.keys) == [key_id]
+        assert diffs == [] and folded.rows["key"] == 1
         # a new key and a revocation on the migrated database
         new_key = await api_keys.create_key(conn, "new-project")
         await api_keys.revoke_key(conn, key_id)

@@ -108,7 +108,9 @@ def test_rebuild_while_a_batch_runs(start_proc, new_key, fresh_db):
     from conftest import start_mock, start_server
     import openai
     iso = fresh_db()
-    mock = start_mock(start_proc, "--latency-ms", "20")
+    # Slow enough that the running batch is still running when the rebuild is done: writers are
+    # no longer held for the fold, so a quick batch could finish during it.
+    mock = start_mock(start_proc, "--latency-ms", "60")
     srv = start_server(start_proc, mock.base_url, db_url=iso.url, EVENTBATCH_UPSTREAM_CONCURRENCY="16")
     client = openai.OpenAI(base_url=srv.base_url, api_key=new_key(db_url=iso.url), max_retries=0)
     done_batches = []

@@ -67,7 +67,7 @@ def test_the_sweep_purges_expired_input_bytes(url):
             assert await files.purge_expired_inputs(pool) == 0
             _, diffs = await rebuild.verify(conn)
             assert diffs == []
-            await rebuild.rebuild(conn)
+            await rebuild.rebuild(pool)
             assert await conn.fetchval("SELECT purge_after FROM file_view WHERE id = $1", expired) is None
             assert projections.decode_file(await conn.fetchval("SELECT doc FROM file_view WHERE id = $1", expired)).purged
             assert await files.purge_expired_inputs(pool) == 0
