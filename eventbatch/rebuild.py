@@ -244,14 +244,14 @@ async def verify(conn: asyncpg.Connection, progress: Progress | None = None, *, 
 async def _differences(conn, view: View, t: Table, keys: list[str]) -> list[str]:
     fresh = {r[t.key]: r for r in await conn.fetch(sql("shadow_rows", t), keys)}
     live = {r[t.key]: r for r in await conn.fetch(sql("view_rows", t), keys)}
-    where = "" if t is view.tables[0] else f" in {t.name}"
+    what, table = (t.label + " ", t.name) if t.label else ("", "the view")
     out = []
     for key in sorted(keys):
         f, v = fresh.get(key), live.get(key)
         if v is None:
-            out.append(f"{view.noun} {key}: in the log but missing from the view{where}")
+            out.append(f"{view.noun} {key}: {what}in the log but missing from {table}")
         elif f is None:
-            out.append(f"{view.noun} {key}: in the view{where} but not in the log")
+            out.append(f"{view.noun} {key}: {what}in {table} but not in the log")
         else:
             columns = [c for c in t.decided if c != "doc" and f[c] != v[c]]
             fields: list[str] = []
@@ -265,7 +265,7 @@ async def _differences(conn, view: View, t: Table, keys: list[str]) -> list[str]
                 continue
             detail = ", ".join([f"{k}: view={live_obj.get(k)!r} log={fresh_obj.get(k)!r}" for k in fields]
                                + [f"column {c}: view={v[c]!r} log={f[c]!r}" for c in columns if c not in fields])
-            out.append(f"{view.noun} {key}: differs{where} ({detail})")
+            out.append(f"{view.noun} {key}: {what}differs ({detail})")
     return out
 
 

@@ -25,6 +25,7 @@ class Table(msgspec.Struct, frozen=True):
     # The columns the fold decides (all, unless given): others are the service's bookkeeping
     # (batch_due.next_at, the sweepers'), kept as they are unless the row is replaced.
     compared: tuple[str, ...] = ()
+    label: str = ""                        # what a row is, in messages, if not the view itself
 
     @property
     def decided(self) -> tuple[str, ...]:
@@ -96,7 +97,7 @@ BATCHES = View(
     starts=frozenset({"batch_created"}), settled=lambda s: s.terminal,
     tables=(Table("batch_view", "id", ("id", "project", "seq", "status", "version", "doc"), batch_row),
             Table("batch_due", "batch_id", ("batch_id", "due_at", "next_at"), due_row,
-                  compared=("batch_id", "due_at"))))
+                  compared=("batch_id", "due_at"), label="due time")))
 FILES = View(
     noun="file", category="file", key_of=_after("file-"), decode=whole_event, evolve=evolve_file,
     state_of=decode_file, starts=frozenset({"file_created"}), settled=lambda f: f.deleted,

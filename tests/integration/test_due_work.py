@@ -116,7 +116,7 @@ def test_batch_due_is_a_projection_rebuilt_and_verified_with_the_views(fresh_db)
                 await conn.execute("DELETE FROM batch_due WHERE batch_id <> $1", running)
                 _, diffs = await rebuild.verify(conn)
                 assert any(running in d and "due time" in d for d in diffs), diffs
-                await rebuild.rebuild(conn)
+                await rebuild.rebuild(pool)
                 _, diffs = await rebuild.verify(conn)
                 assert diffs == []
                 assert await conn.fetchval("SELECT due_at FROM batch_due WHERE batch_id = $1", running) \

@@ -255,3 +255,29 @@ def test_outcomes_recorded_before_the_usage_column_fold_from_their_data(url):
         async with pool.acquire() as conn:
             assert await projections.get_batch(conn, bid) == before
     _go(url, scenario)
+
+
+def test_the_due_times_are_rebuilt_and_the_sweepers_bookkeeping_kept(url):
+    """batch_due is a table of the batch view (views.py): a wrong or missing due time is put
+    right, a row with no history goes, and next_at (the sweepers' own, not the log's) is left
+    as it is where the due time was right."""
+    async def scenario(pool):
+        async with pool.acquire() as conn:
+            fid = await _upload(conn, jsonl(chat_line(i) for i in range(2)))
+            a, b, c = [await _create(conn, fid) for _ in range(3)]
+        due = {r["batch_id"]: r["due_at"] for r in await pool.fetch("SELECT batch_id, due_at FROM batch_due")}
+        await pool.execute("UPDATE batch_due SET next_at = next_at + 60 WHERE batch_id = $1", a)   # a sweeper's
+        await pool.execute("UPDATE batch_due SET due_at = 1 WHERE batch_id = $1", b)               # wrong
+        await pool.execute("DELETE FROM batch_due WHERE batch_id = $1", c)                         # lost
+        await pool.execute("INSERT INTO batch_due VALUES ('batch_nobody', 1, 1)")                  # no history
+        async with pool.acquire() as conn:
+            _, diffs = await rebuild.verify(conn)
+        assert sorted(d.split(":")[0] for d in diffs) == sorted([f"batch {b}", f"batch {c}", "batch batch_nobody"])
+        result = await rebuild.rebuild(pool)
+        assert (result.replaced, result.added, result.removed) == (1, 1, 1)
+        rows = {r["batch_id"]: r for r in await pool.fetch("SELECT * FROM batch_due")}
+        assert rows.keys() == {a, b, c}
+        assert rows[a]["next_at"] == due[a] + 60 and rows[b]["due_at"] == due[b] == rows[b]["next_at"]
+        async with pool.acquire() as conn:
+            assert (await rebuild.verify(conn))[1] == []
+    _go(url, scenario)
