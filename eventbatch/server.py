@@ -61,7 +61,8 @@ async def run_server(settings: Settings, role: str, host: str | None, port: int 
             except OSError as exc:
                 raise SettingsError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port.") \
                     from None
-            log.info("api_listening", url=f"{_listening_root(runner, host)}/v1")
+            root = _listening_root(runner, host)
+            log.info("api_listening", url=f"{root}/v1", dashboard=f"{root}/dashboard")
         if role == "serve":
             # The worker gets a thread, an event loop and a pool of its own: at full speed it keeps
             # a loop busy, and API reads must not queue behind it.

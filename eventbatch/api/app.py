@@ -15,7 +15,7 @@ from ..config import Settings
 from ..metrics import HTTP_REQUESTS
 from ..pool import api_profile, bounded_waits, unavailable
 from ..worker.providers import configured_model_check
-from . import auth, batch_events, batches, files, health, results, retry, uploads
+from . import auth, batch_events, batches, dashboard, files, health, results, retry, uploads
 from .idempotency import idempotency_middleware
 from .errors import ApiError, ClientGone, error_response, parse_error_reason
 from .state import POOL, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS, spawn
@@ -109,4 +109,5 @@ def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database
     results.add_routes(app)
     retry.add_routes(app)
     health.add_routes(app)
+    dashboard.add_routes(app)
     return app
