@@ -29,6 +29,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 # starting requests at expires_at and flush within a second or two): finished work is kept, and
 # a worker that died does not hold the batch open longer than this.
 EXPIRY_GRACE_SECONDS = 15.0
+BATCH_EXPIRED = "batch_expired"   # the error code of a request the window cut short
 
 
 class Conflict(Exception):
@@ -77,6 +78,9 @@ class BatchState(msgspec.Struct, kw_only=True):
     # folded before sizes were kept (the finalizer measures those from the log).
     output_bytes: int | None = None
     error_bytes: int | None = None
+    # Requests the window cut short (batch_expired outcomes, recorded by the workers as they stop
+    # at expires_at): a batch with any has expired, even once every request has its outcome.
+    expired_requests: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -131,6 +135,8 @@ def evolve(state: BatchState | None, event: ev.Event) -> BatchState:
             s.request_counts = RequestCounts(rc.total, rc.completed, rc.failed + 1)
             if s.error_bytes is not None:
                 s.error_bytes += line_size(event)
+            if event.error_code == BATCH_EXPIRED:
+                s.expired_requests += 1
         case ev.BatchFinalizing():
             s.status, s.finalizing_at = "finalizing", _ts(event.at)
         case ev.BatchOutputWritten():
@@ -236,6 +242,10 @@ def settle(state: BatchState, *, now: float, open_requests: bool, live_leases: i
                 return NOTHING_DUE   # workers are letting go of their requests; they settle it after
             return Due(closing="cancelled")
         case "in_progress" if not open_requests:
+            if state.expired_requests:
+                # Every request has its outcome, but the window cut some short (the workers
+                # recorded them batch_expired with their attempts): the batch expired.
+                return Due(closing="expired")
             # Every request finished in time: complete, even if the window just passed.
             return Due(events=(ev.BatchFinalizing(at=now),))
         case "in_progress" if state.expires_at is not None and now >= state.expires_at:
@@ -302,7 +312,7 @@ def unfinished_error(kind: str) -> tuple[str, str]:
     """The error line given to requests that never finished, by how the batch ended."""
     if kind == "cancelled":
         return "batch_cancelled", "The batch was cancelled before this request was completed."
-    return "batch_expired", "The batch expired before this request was completed."
+    return BATCH_EXPIRED, "The batch expired before this request was completed."
 
 
 def unfinished_outcome(kind: str, index: int, custom_id: str,

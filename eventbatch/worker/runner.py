@@ -83,6 +83,10 @@ class Worker:
         self.want_requests = sum(self.want.values())
         self.max_chunks = 256
         self.held: dict[tuple[str, int], HeldChunk] = {}
+        # Chunks stopped (cancel, expiry, shutdown) whose leases are still ours until the recorder
+        # has flushed what they finished and released them: heartbeated like held ones, so a
+        # batch's settling waits for those results instead of dropping them (SPEC §11).
+        self.letting_go: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
         self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
                                  on_chunk_finished=self._chunk_finished, on_flushed=self._maybe_claim)
@@ -269,6 +273,8 @@ class Worker:
         if self.held.pop((chunk.batch_id, chunk.chunk_no), None) is None:
             return
         chunk.aborted = True
+        if not chunk.lost:
+            self.letting_go[(chunk.batch_id, chunk.chunk_no)] = chunk
         if chunk.task is not None:
             chunk.task.cancel()
         if release and not chunk.lost:
@@ -353,10 +359,18 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         held = list(self.held.values())
-        if not held:
+        letting_go = list(self.letting_go.values())
+        if not held and not letting_go:
             return
+        asked = held + letting_go
         alive = await queue.heartbeat(self.pool, self.owner, self.settings.lease_seconds,
-                                      [c.batch_id for c in held], [c.chunk_no for c in held], [c.epoch for c in held])
+                                      [c.batch_id for c in asked], [c.chunk_no for c in asked],
+                                      [c.epoch for c in asked])
+        for chunk in letting_go:
+            # Released (or finished, or fenced off) by now: nothing of ours to keep alive.
+            key = (chunk.batch_id, chunk.chunk_no)
+            if alive.get(key) != chunk.epoch and self.letting_go.get(key) is chunk:
+                del self.letting_go[key]
         # Judge only the chunks this heartbeat asked about: one claimed while it ran is not lost.
         for chunk in held:
             key = (chunk.batch_id, chunk.chunk_no)
