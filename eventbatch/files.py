@@ -73,7 +73,8 @@ async def delete_file(conn: asyncpg.Connection, project: str, file_id: str) -> N
         await store.append(conn, store.file_stream(file_id), view.version, [event])
         await projections.save_file(conn, projections.evolve_file(view, event))
         # The bytes go unless a batch that has not finished still reads them (the last such
-        # batch drops them when it ends).
+        # batch drops them when it ends: its free_input_if_unused waits for this row's lock, so
+        # it sees the delete, and this one sees any batch that ended before it).
         if view.purpose != "batch" or not await input_in_use(conn, project, file_id):
             await blobs.delete_blob(conn, file_id)
 
@@ -85,8 +86,10 @@ async def input_in_use(conn: asyncpg.Connection, project: str, file_id: str, but
 
 async def free_input_if_unused(conn: asyncpg.Connection, state) -> None:
     """An input file deleted while its batch ran kept its bytes for it; they go when the last
-    batch reading it ends."""
-    if await projections.file_deleted(conn, state.input_file_id) \
+    batch reading it ends. Called in the transaction that ends the batch, with the batch locked:
+    the file's row is locked next (batch_view before file_view, sql/views.sql), so the batches
+    of one file and its delete decide one after the other, each seeing the others' ends."""
+    if await conn.fetchval(Q.file_view_lock_deleted, state.input_file_id) \
             and not await input_in_use(conn, state.project, state.input_file_id, but=state.id):
         await blobs.delete_blob(conn, state.input_file_id)
 

@@ -109,8 +109,12 @@ SELECT doc FROM file_view WHERE id = $1 AND project = $2 AND NOT deleted FOR UPD
 -- FOR SHARE: a concurrent delete of the file waits for the batch being created on it.
 SELECT doc FROM file_view WHERE id = $1 AND project = $2 AND NOT deleted FOR SHARE
 
--- file_view_deleted --
-SELECT deleted FROM file_view WHERE id = $1
+-- file_view_lock_deleted --
+-- An input file's row locked for the decision to free its bytes (files.free_input_if_unused;
+-- delete_file holds it by file_view_lock_own): the deciders of one file take turns, so the last
+-- batch to end, or the delete after it, sees the others finished. Without the lock two batches
+-- ending together at READ COMMITTED each saw the other still running, and the bytes stayed.
+SELECT deleted FROM file_view WHERE id = $1 FOR UPDATE
 
 -- file_view_seq_own --
 SELECT seq FROM file_view WHERE id = $1 AND project = $2

@@ -10,7 +10,7 @@ from typing import Callable
 import asyncpg
 import structlog
 
-from .. import batch as domain, batches, blobs, events as ev, projections
+from .. import batch as domain, batches, blobs, events as ev, files, projections
 from ..batch import BatchState
 from ..sql import Q
 from ..validation import Validator
@@ -55,6 +55,10 @@ async def _validate(pool: asyncpg.Pool, batch_id: str, chunk_size: int,
                 total=result.total, model=result.model, at=now,
                 chunks=[ev.ChunkPlan(c.first_index, c.count, c.byte_start, c.byte_end) for c in result.chunks])
         state, _ = await batches.transition(conn, batch_id, lambda s: domain.record_validation(s, [outcome], now))
+        if state.terminal:
+            # Failed validation ends the batch: an input deleted meanwhile loses its bytes now
+            # if no other batch reads it (the batch's row stays locked until this commits).
+            await files.free_input_if_unused(conn, state)
         log.info("batch_validated", batch_id=batch_id, status=state.status, requests=result.total,
                  errors=result.error_count, seconds=round(time.perf_counter() - t0, 3))
         return state
