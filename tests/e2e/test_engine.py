@@ -290,26 +290,55 @@ def test_sigterm_worker_records_what_finished_and_releases_the_rest(start_proc, 
 
 
 def test_a_paused_worker_that_lost_its_lease_records_nothing(start_proc, new_key, iso):
-    """SIGSTOP a worker mid-request until its lease lapses and another worker finishes the
-    batch; when it wakes, its late answers are fenced off: still one outcome per request."""
-    mock = start_mock(start_proc, "--latency-ms", "400")
+    """The lease fence (SPEC §7): a worker paused (SIGSTOP) with requests in flight wakes while
+    the batch still runs, after another worker took its chunks over and re-sent their requests
+    but before those answers came back. Its own answers, which arrived while it slept, are
+    refused by the fence (owner and epoch), not by the batch having ended: every request of its
+    chunks keeps the outcome of the worker that holds them now."""
+    mock = start_mock(start_proc, "--latency-ms", "2000")
     common = dict(EVENTBATCH_UPSTREAM_URL=mock.base_url, EVENTBATCH_UPSTREAM_API_KEY=UPSTREAM_KEY,
-                  EVENTBATCH_LEASE_SECONDS="1.5", EVENTBATCH_UPSTREAM_CONCURRENCY="8", EVENTBATCH_CHUNK_SIZE="20")
+                  EVENTBATCH_LEASE_SECONDS="1.5", EVENTBATCH_CHUNK_SIZE="4")
     api = start_server(start_proc, mock.base_url, role="api", db_url=iso.url)
     client = make_client(api, new_key(db_url=iso.url))
-    lines = [chat_line(i) for i in range(120)]
-    sleeper = start_proc("worker", db_url=iso.url, **common)
+    lines = [chat_line(i) for i in range(200)]
+    sleeper = start_proc("worker", db_url=iso.url, EVENTBATCH_UPSTREAM_CONCURRENCY="8", **common)
     b = run_batch(client, lines)
-    while client.batches.retrieve(b.id).request_counts.completed < 8:
+    deadline = time.time() + 30
+    while mock_stats(mock)["in_flight"] < 8 and time.time() < deadline:
         time.sleep(0.02)
-    time.sleep(0.1)  # requests in flight
+    time.sleep(1.0)      # its requests are half way: their answers come while it sleeps
+    held = {r["chunk_no"]: r["lease_epoch"] for r in iso.fetch(
+        "SELECT chunk_no, lease_epoch FROM work_chunks WHERE batch_id = $1 AND lease_owner IS NOT NULL", b.id)}
+    assert held, "the first worker holds nothing"
     sleeper.p.send_signal(signal.SIGSTOP)
+    paused_at = time.time()
     try:
-        start_proc("worker", db_url=iso.url, **common)
-        wait_status(client, b.id, {"completed"}, timeout=60)
+        start_proc("worker", db_url=iso.url, EVENTBATCH_UPSTREAM_CONCURRENCY="32", **common)
+        # Wake it once the other worker has taken every one of its chunks (a new epoch each),
+        # and so within the 2 s before the requests the other re-sent are answered.
+        while time.time() < paused_at + 10:
+            now_held = {r["chunk_no"]: r["lease_epoch"] for r in iso.fetch(
+                "SELECT chunk_no, lease_epoch FROM work_chunks WHERE batch_id = $1 AND chunk_no = ANY($2::int[])",
+                b.id, list(held))}
+            if all(now_held[c] > held[c] for c in held):
+                break
+            time.sleep(0.05)
+        taken_over = time.time()
     finally:
         sleeper.p.send_signal(signal.SIGCONT)
-    time.sleep(3)  # the woken worker's answers arrive and try to be recorded
+    assert taken_over < paused_at + 10, "the other worker did not take the paused worker's chunks"
+    assert iso.fetchval("SELECT status FROM batch_view WHERE id = $1", b.id) == "in_progress"
+    wait_status(client, b.id, {"completed"}, timeout=60)
     out, err = assert_invariants(client, iso, b.id, [x["custom_id"] for x in lines])
-    assert len(out) == 120 and err == []
-    assert '"lease_lost"' in sleeper.log()
+    assert len(out) == 200 and err == []
+    log = sleeper.log()
+    assert '"lease_lost"' in log
+    # Every request of the chunks it held was recorded from the other worker's attempts, made
+    # after the pause: none of the answers the paused worker brought back got in.
+    firsts = {}
+    for r in iso.fetch("SELECT data FROM events WHERE batch_id = $1 AND request_index IS NOT NULL", b.id):
+        o = json.loads(r["data"])
+        firsts[o["index"]] = o["attempts"][0]["at"]
+    taken = [i for c in held for i in range(4 * c, 4 * c + 4)]
+    stale = [i for i in taken if firsts[i] < paused_at]
+    assert stale == [], f"outcomes of the paused worker's attempts were recorded: {stale}"
