@@ -53,7 +53,11 @@ SERVER_SETTINGS = (
     ("--upstream-concurrency", "upstream_concurrency", "most requests in flight to one provider from one "
                                                        "worker process"),
     ("--upstream-timeout-seconds", "upstream_timeout_seconds", "timeout of one attempt upstream, in seconds"),
-    ("--max-attempts", "max_attempts", "attempts per request on 429, 5xx, timeouts and connection errors"),
+    ("--max-attempts", "max_attempts", "attempts per request on 5xx, timeouts and connection errors while its "
+                                       "provider answers others (429s and a paused provider's do not count)"),
+    ("--retry-base-seconds", "retry_base_seconds", "wait before a request's 2nd attempt after a transient "
+                                                   "failure, doubling after, with jitter"),
+    ("--retry-max-seconds", "retry_max_seconds", "longest wait between two attempts of a request"),
     ("--lease-seconds", "lease_seconds", "how long a worker's claim on a chunk lasts without a heartbeat"),
     ("--chunk-size", "chunk_size", "requests per chunk a worker claims"),
     ("--window-seconds", "window_seconds", "how long the '24h' completion window really is, in seconds"),

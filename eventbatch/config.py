@@ -25,7 +25,12 @@ class Settings(msgspec.Struct, kw_only=True):
     window_seconds: float = 86400.0
     upstream_concurrency: int = 64
     upstream_timeout_seconds: float = 600.0
-    max_attempts: int = 8
+    max_attempts: int = 10
+    # Capped exponential backoff between attempts of a request that failed transiently (5xx,
+    # timeout, connection error) while its provider answers others: about `retry_base_seconds`
+    # before the 2nd attempt, doubling, at most `retry_max_seconds` (SPEC §7: minutes, not seconds).
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
     lease_seconds: float = 30.0
     log_format: str | None = None
     chunk_size: int = 256
@@ -54,6 +59,8 @@ _ENV = {
     "EVENTBATCH_UPSTREAM_CONCURRENCY": "upstream_concurrency",
     "EVENTBATCH_UPSTREAM_TIMEOUT_SECONDS": "upstream_timeout_seconds",
     "EVENTBATCH_MAX_ATTEMPTS": "max_attempts",
+    "EVENTBATCH_RETRY_BASE_SECONDS": "retry_base_seconds",
+    "EVENTBATCH_RETRY_MAX_SECONDS": "retry_max_seconds",
     "EVENTBATCH_LEASE_SECONDS": "lease_seconds",
     "EVENTBATCH_LOG_FORMAT": "log_format",
     "EVENTBATCH_CHUNK_SIZE": "chunk_size",
@@ -198,6 +205,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides) -> Settings
         ("upstream_concurrency", int, 1, 10_000),
         ("upstream_timeout_seconds", float, 0.1, 3600),
         ("max_attempts", int, 1, 100),
+        ("retry_base_seconds", float, 0.001, 3600),
+        ("retry_max_seconds", float, 0.001, 86400),
         ("lease_seconds", float, 1, 3600),
         ("chunk_size", int, 1, 50_000),
         ("webhook_backoff_seconds", float, 0.01, 86400),

@@ -98,6 +98,14 @@ HTTP_REQUESTS = Counter("eventbatch_http_requests_total", "API requests by metho
 DUE_STATEMENTS = Counter("eventbatch_due_statements_total",
                          "Statements the due-work sweeper of this process sent (finding due batches and working them).")
 CLAIM_STATEMENTS = Counter("eventbatch_claim_statements_total", "Claims of work chunks this process sent.")
+PROVIDER_PAUSED = Gauge("eventbatch_provider_paused",
+                        "1 while this worker has paused the provider (it failed every attempt; only probes go to it).",
+                        ("provider",))
+PROVIDER_CONCURRENCY = Gauge("eventbatch_provider_concurrency",
+                             "Requests this worker may have in flight to the provider now (adapted to its 429s, "
+                             "at most its configured concurrency).", ("provider",))
+PROVIDER_IN_FLIGHT = Gauge("eventbatch_provider_in_flight", "Requests this worker has in flight to the provider.",
+                           ("provider",))
 
 
 class _Snapshot:

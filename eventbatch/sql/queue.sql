@@ -8,6 +8,11 @@
 -- A worker that dies simply stops renewing: the lease lapses and chunk_claim hands the chunk
 -- to someone else with a higher epoch. Rows are always locked in chunk order.
 --
+-- Waiting requests (migrations/050): a worker whose chunk has only requests that wait long
+-- (a retry minutes away, a paused provider) saves their attempts in request_retries and gives
+-- the chunk back held by nobody until the earliest of them is due (lease_owner NULL,
+-- lease_expires_at then): a claim takes no chunk before its lease_expires_at, whoever holds it.
+--
 -- Status lists come from the domain as parameters (batch.RUNNING etc.).
 
 -- chunk_claim --
@@ -58,12 +63,60 @@ WHERE batch_id = $1 AND chunk_no = ANY($2::int[])
 UPDATE work_chunks SET lease_owner = NULL, lease_expires_at = NULL
 WHERE batch_id = $1 AND chunk_no = ANY($2::int[]) AND lease_owner = $3
 
+-- lease_release_until --
+-- Give chunks back, each claimable again after its delay ($4, seconds; NULL: at once). A chunk
+-- whose requests wait is given back this way: held by nobody until they are due.
+UPDATE work_chunks w
+SET lease_owner = NULL,
+    lease_expires_at = CASE WHEN r.delay IS NULL THEN NULL ELSE now() + make_interval(secs => r.delay) END
+FROM unnest($2::int[], $4::float8[]) AS r(chunk_no, delay)
+WHERE w.batch_id = $1 AND w.chunk_no = r.chunk_no AND w.lease_owner = $3
+
+-- chunk_wake --
+-- Chunks given back while their provider was paused are due at once when it answers again.
+UPDATE work_chunks w SET lease_expires_at = NULL
+FROM unnest($1::text[], $2::int[]) AS k(batch_id, chunk_no)
+WHERE w.batch_id = k.batch_id AND w.chunk_no = k.chunk_no AND w.lease_owner IS NULL AND NOT w.done
+  AND w.lease_expires_at > now()
+
+-- chunk_read_failed --
+-- The chunk's lines could not be read: count it and give the chunk back for a while ($4 s).
+-- Returns how many times it has failed so; the caller ends the chunk after a few.
+UPDATE work_chunks
+SET read_failures = read_failures + 1, lease_owner = NULL, lease_expires_at = now() + make_interval(secs => $4)
+WHERE batch_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND lease_epoch = $5 AND NOT done
+RETURNING read_failures
+
+-- chunk_read_failures --
+SELECT read_failures FROM work_chunks WHERE batch_id = $1 AND chunk_no = $2
+
+-- retry_save --
+-- Requests waiting for their next attempt ($3.. in parallel arrays), written by the recorder in
+-- the fenced transaction that gives their chunk back.
+INSERT INTO request_retries (batch_id, request_index, attempts, counted, next_attempt_at)
+SELECT $1, r.request_index, r.attempts, r.counted, now() + make_interval(secs => r.delay)
+FROM unnest($2::int[], $3::bytea[], $4::int[], $5::float8[]) AS r(request_index, attempts, counted, delay)
+ON CONFLICT (batch_id, request_index) DO UPDATE
+SET attempts = EXCLUDED.attempts, counted = EXCLUDED.counted, next_attempt_at = EXCLUDED.next_attempt_at
+
+-- retry_list_in_range --
+-- The waiting requests of one chunk: what they tried so far, and in how many seconds they are due.
+SELECT request_index, attempts, counted,
+       EXTRACT(EPOCH FROM next_attempt_at - now())::float8 AS due_in
+FROM request_retries WHERE batch_id = $1 AND request_index >= $2 AND request_index < $3
+
+-- retry_delete_batch --
+-- With the batch's end: what they tried is in their outcome events by then.
+DELETE FROM request_retries WHERE batch_id = $1
+
 -- chunk_any_open --
 -- "Is any chunk of this batch still open?" — asked by the recorder and the finalizer.
 SELECT EXISTS (SELECT 1 FROM work_chunks WHERE batch_id = $1 AND NOT done)
 
 -- lease_count_live --
-SELECT count(*) FROM work_chunks WHERE batch_id = $1 AND NOT done AND lease_expires_at > now()
+-- Chunks a worker holds now (one given back to wait is held by nobody: not counted).
+SELECT count(*) FROM work_chunks WHERE batch_id = $1 AND NOT done AND lease_owner IS NOT NULL
+  AND lease_expires_at > now()
 
 -- chunk_list_open --
 SELECT first_index, count, byte_start, byte_end FROM work_chunks

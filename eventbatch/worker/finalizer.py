@@ -21,6 +21,8 @@ from .validating import validate_batch
 
 log = structlog.get_logger("eventbatch")
 
+_attempt_list = msgspec.json.Decoder(list[ev.Attempt])
+
 
 async def _decide(conn, state: BatchState, validation_checked: bool = False) -> domain.Due:
     now = time.time()
@@ -83,13 +85,17 @@ async def _close(conn: asyncpg.Connection, state: BatchState, kind: str) -> Batc
 
 
 async def _settle_unfinished(conn: asyncpg.Connection, state: BatchState, kind: str) -> BatchState:
-    """Every request without an outcome gets one: batch_cancelled or batch_expired."""
+    """Every request without an outcome gets one: batch_cancelled or batch_expired, with the
+    attempts of those that were waiting for a retry (SPEC §7). Custom ids are read leniently, so
+    a chunk whose bytes are damaged cannot hold its batch open."""
     for c in await queue.open_chunks(conn, state.id):
         first = c["first_index"]
         settled = await store.settled_indexes(conn, state.id, first, first + c["count"])
-        lines = await queue.read_chunk(conn, state.input_file_id, c["byte_start"], c["byte_end"], c["count"])
-        missing = [domain.unfinished_outcome(kind, first + i, line.custom_id)
-                   for i, line in enumerate(lines) if first + i not in settled]
+        custom_ids = await queue.custom_ids(conn, state.input_file_id, c["byte_start"], c["byte_end"], c["count"])
+        tried = {r["request_index"]: _attempt_list.decode(r["attempts"])
+                 for r in await queue.retries_in(conn, state.id, first, first + c["count"])}
+        missing = [domain.unfinished_outcome(kind, first + i, custom_id, tried.get(first + i, ()))
+                   for i, custom_id in enumerate(custom_ids) if first + i not in settled]
         recorded = await store.append_outcomes(conn, state.id, missing)
         state = domain.fold(state, [o for o in missing if o.index in recorded])
     return state   # the view is saved with the closing events

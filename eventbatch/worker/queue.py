@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Collection
 
 import asyncpg
+import msgspec
 
 from .. import blobs
 from ..batch import RUNNABLE
@@ -53,6 +54,37 @@ async def release(conn, batch_id: str, chunk_nos: list[int], owner: str) -> None
     await conn.execute(Q.lease_release, batch_id, chunk_nos, owner)
 
 
+async def release_until(conn, batch_id: str, chunk_nos: list[int], owner: str, delays: list[float | None]) -> None:
+    """Give chunks back, each claimable after its delay in seconds (None: at once)."""
+    await conn.execute(Q.lease_release_until, batch_id, chunk_nos, owner, delays)
+
+
+async def wake(conn, keys: list[tuple[str, int]]) -> None:
+    """Chunks given back to wait (for a paused provider) are claimable now."""
+    if keys:
+        await conn.execute(Q.chunk_wake, [b for b, _ in keys], [c for _, c in keys])
+
+
+async def read_failed(conn, batch_id: str, chunk_no: int, owner: str, epoch: int, delay: float) -> int | None:
+    """Count a failure to read the chunk's lines and give it back for `delay` seconds; how many
+    times it failed so (None: the lease was not ours any more)."""
+    return await conn.fetchval(Q.chunk_read_failed, batch_id, chunk_no, owner, delay, epoch)
+
+
+async def read_failures(conn, batch_id: str, chunk_no: int) -> int:
+    return await conn.fetchval(Q.chunk_read_failures, batch_id, chunk_no) or 0
+
+
+async def save_retries(conn, batch_id: str, indexes: list[int], attempts: list[bytes], counted: list[int],
+                       delays: list[float]) -> None:
+    await conn.execute(Q.retry_save, batch_id, indexes, attempts, counted, delays)
+
+
+async def retries_in(conn, batch_id: str, start: int, end: int) -> list[asyncpg.Record]:
+    """The waiting requests among [start, end): request_index, attempts, counted, due_in (s)."""
+    return await conn.fetch(Q.retry_list_in_range, batch_id, start, end)
+
+
 async def any_open(conn, batch_id: str) -> bool:
     return await conn.fetchval(Q.chunk_any_open, batch_id)
 
@@ -70,6 +102,27 @@ async def close_all(conn, batch_id: str) -> None:
     out of the fair-share rotation."""
     await conn.execute(Q.chunk_close_all, batch_id)
     await conn.execute(Q.work_batch_leave, batch_id)
+    await conn.execute(Q.retry_delete_batch, batch_id)
+
+
+class _CustomId(msgspec.Struct):
+    custom_id: str = ""
+
+
+_custom_id = msgspec.json.Decoder(_CustomId)
+
+
+async def custom_ids(conn, file_id: str, start: int, end: int, count: int) -> list[str]:
+    """Each request's custom_id as far as the chunk's bytes can still be read ("" where they
+    cannot): outcomes for requests whose lines are damaged or gone still name what they can."""
+    ids = []
+    for line in (await blobs.read_range(conn, file_id, start, end)).split(b"\n"):
+        if line.strip():
+            try:
+                ids.append(_custom_id.decode(line).custom_id)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                ids.append("")
+    return (ids + [""] * count)[:count]
 
 
 async def read_chunk(conn, file_id: str, start: int, end: int, count: int) -> list:

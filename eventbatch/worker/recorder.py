@@ -14,10 +14,12 @@ recorded as cut short."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import asyncpg
+import msgspec
 import structlog
 
 from .. import batch as domain, events as ev, projections, store
@@ -30,11 +32,23 @@ FLUSH_EVERY = 0.005      # seconds an outcome may wait for company
 FLUSH_MAX = 1000         # outcomes per transaction
 FLUSH_MAX_BYTES = 32 * 1024 * 1024   # response bodies per transaction, far below Postgres' 1 GB message cap
 
+_attempts = msgspec.json.Encoder()
+
+
+class ParkedRequest(NamedTuple):
+    """A request of a held chunk that waits for its next attempt (or for its paused provider)."""
+    index: int
+    custom_id: str
+    attempts: list[ev.Attempt]
+    counted: int
+    due_at: float           # unix time
+
 
 class HeldChunk:
     """A chunk this worker holds a lease on."""
     __slots__ = ("batch_id", "chunk_no", "first_index", "count", "byte_start", "byte_end", "epoch",
-                 "remaining", "aborted", "task", "lost", "queued")
+                 "remaining", "aborted", "task", "lost", "queued", "parked", "due_at",
+                 "release_wanted")
 
     def __init__(self, row: asyncpg.Record):
         self.batch_id: str = row["batch_id"]
@@ -49,6 +63,11 @@ class HeldChunk:
         self.lost = False            # the lease is gone: nothing of this chunk may be recorded
         self.task: asyncio.Task | None = None
         self.queued = 0              # outcomes handed to the recorder and not yet taken by a flush
+        # Requests waiting for their next attempt: saved when the chunk is given back, which is
+        # claimable again at `due_at`.
+        self.parked: list[ParkedRequest] = []
+        self.due_at: float | None = None
+        self.release_wanted = False  # give the lease back when its task ends
 
 
 class Recorder:
@@ -77,7 +96,8 @@ class Recorder:
         self._wake.set()
 
     def release(self, chunk: HeldChunk) -> None:
-        """Give the chunk's lease back after what it finished is recorded."""
+        """Give the chunk's lease back after what it finished is recorded, with its parked
+        requests saved and claimable again from its `due_at` (if set)."""
         self._releases.append(chunk)
         self._idle.clear()
         self._wake.set()
@@ -148,11 +168,14 @@ class Recorder:
                 state = await projections.lock_batch(conn, batch_id)
                 leases = await queue.lock_leases(conn, batch_id, [c.chunk_no for c in {*chunks}])
                 held = set()
+                with_outcomes = {c for c, _ in items}
                 for c in chunks:
                     r = leases.get(c.chunk_no)
                     if r is not None and r["lease_owner"] == self.owner and r["lease_epoch"] == c.epoch \
                             and not r["done"]:
                         held.add(c)
+                    elif r is not None and r["done"] and c not in with_outcomes:
+                        pass    # a release of a chunk already done (its last outcome came first): nothing to do
                     else:
                         lost.append(c)
                 if state is None or state.terminal:
@@ -175,9 +198,22 @@ class Recorder:
                     await queue.mark_done(conn, batch_id, done)
                     if not await queue.any_open(conn, batch_id):
                         batches_done.append(batch_id)
-                rel = [c.chunk_no for c in releases if c in held and c.chunk_no not in done]
+                rel = [c for c in releases if c in held and c.chunk_no not in done]
                 if rel:
-                    await queue.release(conn, batch_id, rel, self.owner)
+                    await self._give_back(conn, batch_id, rel)
+        self._after_flush(decrements, lost, recorded, batches_done)
+
+    async def _give_back(self, conn, batch_id: str, chunks: list[HeldChunk]) -> None:
+        now = time.time()
+        parked = [p for c in chunks for p in c.parked]
+        if parked:
+            await queue.save_retries(conn, batch_id, [p.index for p in parked],
+                                     [_attempts.encode(p.attempts) for p in parked], [p.counted for p in parked],
+                                     [max(0.0, p.due_at - now) for p in parked])
+        await queue.release_until(conn, batch_id, [c.chunk_no for c in chunks], self.owner,
+                                  [None if c.due_at is None else max(0.0, c.due_at - now) for c in chunks])
+
+    def _after_flush(self, decrements, lost, recorded, batches_done) -> None:
         for c, n in decrements.items():
             c.remaining -= n
             if c.remaining == 0:

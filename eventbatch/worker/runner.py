@@ -8,6 +8,7 @@ notification is lost."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import socket
@@ -15,19 +16,18 @@ import time
 import uuid
 
 import aiohttp
-import msgspec
 import asyncpg
 import structlog
 
 from .. import idempotency
-from .. import batch as domain, events as ev, projections, store
+from .. import batch as domain, projections
 from ..config import Settings
-from ..metrics import UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
-from . import queue, upstream
-from .fairshare import FairSlots
+from . import queue
+from .chunks import BatchRun, ChunkRunner
 from .finalizer import settle_batch
 from .providers import Provider, load_providers, provider_for, route_of
 from .recorder import HeldChunk, Recorder
+from .scheduler import Backoff, ProviderScheduler
 from .webhooks import Deliveries
 
 log = structlog.get_logger("eventbatch.worker")
@@ -36,45 +36,19 @@ CHANNEL = "eventbatch"
 POLL_INTERVAL = 0.5
 
 
-def _count_attempt(status: int | None, duration_ms: int) -> None:
-    UPSTREAM_ATTEMPTS.inc("error" if status is None else str(status))
-    UPSTREAM_LATENCY.observe(duration_ms / 1000.0)
-
-
-class BatchRun:
-    """What a worker needs to know of a batch it runs requests for."""
-
-    def __init__(self, state, provider: Provider | None, claimed_for: str):
-        self.id = state.id
-        self.project = state.project
-        self.claimed_for = claimed_for   # the provider whose claim budget its chunks count against
-        self.endpoint = state.endpoint
-        self.input_file_id = state.input_file_id
-        self.model = state.model
-        self.expires_at = state.expires_at or math.inf
-        self.provider = provider
-        self.url = provider.url_for(state.endpoint) if provider else None
-        self.active = True    # false once cancelling, expired or finished: no new request starts
-        self.stopped_by: str | None = None   # 'cancelled' or 'expired' once the worker saw it
-
-    def may_start(self) -> bool:
-        return self.active and time.time() < self.expires_at
-
-    def stop_reason(self) -> str | None:
-        """'cancelled', 'expired', 'ended' or None: what the worker saw, or the worker's clock."""
-        if self.stopped_by is None:
-            return domain.stop_reason(domain.RUNNABLE_STATUS, self.expires_at, time.time())
-        return self.stopped_by
-
-
 class Worker:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, *, sweep_interval: float = 1.0,
                  providers: list[Provider] | None = None):
         self.settings, self.pool, self.sweep_interval = settings, pool, sweep_interval
         self.providers = providers if providers is not None else load_providers(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        # Each provider's slots, shared fairly between the projects and batches held (fairshare.py).
-        self.slots = {p.name: FairSlots(p.concurrency) for p in self.providers}
+        backoff = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
+        # Each provider's scheduler: its slots (shared fairly between the projects and batches
+        # held, fairshare.py), adapted to its 429s, and its pause.
+        self.schedulers = {p.name: ProviderScheduler(p, lambda: self._session, max_attempts=settings.max_attempts,
+                                                     backoff=backoff, timeout=settings.upstream_timeout_seconds,
+                                                     on_resumed=functools.partial(self._wake_parked, p.name))
+                           for p in self.providers}
         # Claim per provider, by requests, not chunks: enough open requests to keep its slots busy
         # (four times its concurrency), however small the chunks (a batch of 5 requests is one
         # chunk); a backlog for one provider does not hold back batches bound for another.
@@ -88,9 +62,11 @@ class Worker:
         # batch's settling waits for those results instead of dropping them (SPEC §11).
         self.letting_go: dict[tuple[str, int], HeldChunk] = {}
         self.runs: dict[str, BatchRun] = {}
+        self._stop = asyncio.Event()
         self.recorder = Recorder(pool, self.owner, on_batch_done=self._batch_done,
                                  on_chunk_finished=self._chunk_finished, on_flushed=self._maybe_claim)
-        self._stop = asyncio.Event()
+        self.chunks = ChunkRunner(pool, self.owner, self.recorder, self.schedulers, stopping=self._stop.is_set,
+                                  on_finished=self._chunk_finished, on_given_up=self._let_go)
         self._claim_wake = asyncio.Event()
         self._watch_wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -139,6 +115,8 @@ class Worker:
                 await self.pool.release(self._listener)
             except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
                 pass   # the connection went away with the database: nothing left to stop
+        for scheduler in self.schedulers.values():
+            await scheduler.close()
         if self._session is not None:
             await self._session.close()
         log.info("worker_stopped", worker=self.owner)
@@ -241,7 +219,7 @@ class Worker:
                 log.exception("batch_lookup_failed", batch_id=chunk.batch_id)
                 self._abort(chunk, release=True)
                 continue
-            chunk.task = asyncio.create_task(self._run_chunk(chunk, run))
+            chunk.task = asyncio.create_task(self.chunks.run(chunk, run))
             log.info("chunk_claimed", batch_id=chunk.batch_id, chunk=chunk.chunk_no, epoch=chunk.epoch)
 
     async def _run_of(self, batch_id: str, claimed_for: str) -> BatchRun:
@@ -263,94 +241,41 @@ class Worker:
         self._forget_if_idle(chunk.batch_id)
         self._claim_wake.set()
 
+    def _let_go(self, chunk: HeldChunk) -> None:
+        """The chunk's task gave it up (its lease goes back, or is lost): no longer held, but
+        heartbeated until the release is flushed, like a stopped one."""
+        key = (chunk.batch_id, chunk.chunk_no)
+        if self.held.get(key) is chunk:
+            del self.held[key]
+            if not chunk.lost:
+                self.letting_go[key] = chunk
+            self._forget_if_idle(chunk.batch_id)
+            self._claim_wake.set()
+
     def _forget_if_idle(self, batch_id: str) -> None:
         if not any(c.batch_id == batch_id for c in self.held.values()):
             self.runs.pop(batch_id, None)
 
     def _abort(self, chunk: HeldChunk, *, release: bool) -> None:
         """No new request of the chunk starts; those in flight are cancelled; with `release`,
-        the lease is given back once what finished is recorded."""
+        the lease is given back once what finished is recorded (by its task as it ends)."""
         if self.held.pop((chunk.batch_id, chunk.chunk_no), None) is None:
             return
         chunk.aborted = True
         if not chunk.lost:
             self.letting_go[(chunk.batch_id, chunk.chunk_no)] = chunk
-        if chunk.task is not None:
+        chunk.release_wanted = chunk.release_wanted or release
+        if chunk.task is not None and not chunk.task.done():
             chunk.task.cancel()
-        if release and not chunk.lost:
+        elif release and not chunk.lost:
             self.recorder.release(chunk)
         self._forget_if_idle(chunk.batch_id)
         self._claim_wake.set()
 
-    # --- running requests ------------------------------------------------------------------
-
-    async def _run_chunk(self, chunk: HeldChunk, run: BatchRun) -> None:
-        try:
-            async with self.pool.acquire() as conn:
-                lines = await queue.read_chunk(conn, run.input_file_id, chunk.byte_start, chunk.byte_end,
-                                               chunk.count)
-                settled = await store.settled_indexes(conn, run.id, chunk.first_index,
-                                                      chunk.first_index + chunk.count)
-            todo = [(chunk.first_index + i, line) for i, line in enumerate(lines)
-                    if chunk.first_index + i not in settled]
-            chunk.remaining = len(todo)
-            if not todo:
-                self.recorder.finish(chunk)
-                self._chunk_finished(chunk)
-                return
-            # A task group, not gather: if one request raises, its siblings are cancelled and
-            # unwound before the lease goes back, so none finishes after the release (its
-            # answer dropped as lost, the request paid for twice).
-            async with asyncio.TaskGroup() as requests:
-                for index, line in todo:
-                    requests.create_task(self._run_request(chunk, run, index, line))
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("chunk_failed", batch_id=chunk.batch_id, chunk=chunk.chunk_no)
-            self._abort(chunk, release=True)
-
-    async def _run_request(self, chunk: HeldChunk, run: BatchRun, index: int, line) -> None:
-        if run.provider is None:
-            self.recorder.add(chunk, ev.RequestFailed(
-                index=index, custom_id=line.custom_id, error_code="upstream_unreachable",
-                error_message=f"No upstream provider is configured for model '{run.model}'. "
-                              "Add it to a provider's models in EVENTBATCH_CONFIG."))
-            return
-        attempts: list[ev.Attempt] = []
-        try:
-            outcome = await upstream.call(
-                self._session, run.provider, self.slots[run.provider.name].slot(run.project, run.id, run.expires_at),
-                run.url, bytes(line.body),
-                max_attempts=self.settings.max_attempts, timeout=self.settings.upstream_timeout_seconds,
-                may_start=lambda: run.may_start() and not chunk.aborted and not self._stop.is_set(),
-                on_attempt=_count_attempt, attempts=attempts)
-        except asyncio.CancelledError:
-            self._record_stopped(chunk, run, index, line.custom_id, attempts)
-            raise
-        if outcome is None or chunk.aborted:
-            self._record_stopped(chunk, run, index, line.custom_id, attempts)
-            return
-        if outcome.succeeded:
-            event = ev.RequestSucceeded(index=index, custom_id=line.custom_id, status_code=outcome.status_code,
-                                        body=msgspec.Raw(outcome.body), attempts=outcome.attempts,
-                                        request_id=outcome.request_id, usage=outcome.usage or ev.Usage())
-        else:
-            event = ev.RequestFailed(
-                index=index, custom_id=line.custom_id, attempts=outcome.attempts, status_code=outcome.status_code,
-                body=msgspec.Raw(outcome.body) if outcome.body is not None else ev.NULL,
-                request_id=outcome.request_id, error_code=outcome.error_code, error_message=outcome.error_message)
-        self.recorder.add(chunk, event)
-
-    def _record_stopped(self, chunk: HeldChunk, run: BatchRun, index: int, custom_id: str,
-                        attempts: list[ev.Attempt]) -> None:
-        """A request stopped by the batch's cancel or expiry after it was tried: its attempts go
-        into the log with its batch_cancelled / batch_expired outcome. Stopped for any other
-        reason (lease lost, shutdown), it stays open for the next lease holder."""
-        reason = run.stop_reason()
-        if not attempts or reason not in domain.CUT_SHORT or chunk.lost:
-            return
-        self.recorder.add(chunk, domain.unfinished_outcome(reason, index, custom_id, attempts))
+    def _wake_parked(self, provider: str) -> None:
+        """The paused provider answered a probe: the chunks given back for it are due now."""
+        self._spawn(queue.wake(self.pool, self.chunks.take_parked_while_paused(provider)))
+        self._claim_wake.set()
 
     # --- leases and cancellation -------------------------------------------------------------
 
@@ -400,12 +325,9 @@ class Worker:
                 log.info("batch_stopping_requests", batch_id=batch_id, status=status)
                 chunks = [c for c in self.held.values() if c.batch_id == batch_id]
                 for chunk in chunks:
-                    self._abort(chunk, release=False)
+                    self._abort(chunk, release=True)
                 # Requests cut short record their attempts as they unwind; only then the leases go back.
                 await asyncio.gather(*(c.task for c in chunks if c.task is not None), return_exceptions=True)
-                for chunk in chunks:
-                    if not chunk.lost:
-                        self.recorder.release(chunk)
                 self._spawn(self._settle_after_release(batch_id))
 
     async def _settle_after_release(self, batch_id: str) -> None:

@@ -1,25 +1,35 @@
-"""One request upstream, with retries: exponential backoff with full jitter on 429, 5xx,
-timeouts and connection errors, Retry-After honoured, other 4xx final. Every attempt is kept."""
+"""One attempt of one request upstream, and what it came to: the answer, how to treat it
+(success, final, rate limited, transient failure), and the outcome event's shape once a request
+is done. Retries, waits and limits are the scheduler's (scheduler.py); this module only talks
+HTTP and keeps the provider's key out of everything it hands back."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import functools
-import random
 import re
 import time
 
 import aiohttp
 import msgspec
+import structlog
 
 from .. import events as ev
 from .providers import Provider
 
-BACKOFF_BASE = 0.1      # seconds before the 2nd attempt, doubling after
-BACKOFF_CAP = 20.0
+log = structlog.get_logger("eventbatch.worker")
+
 RETRY_AFTER_CAP = 60.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024   # an answer larger than this is not kept (it would bloat the log)
+PROBE_TIMEOUT = 10.0
+
+# How an attempt is treated (Answer.kind).
+OK = "ok"                      # 2xx: the outcome
+FINAL = "final"                # 4xx other than 429, or an answer too large: the outcome, asking again won't help
+RATE_LIMITED = "rate_limited"  # 429: the provider asks us to slow down; spends no attempt
+TRANSIENT = "transient"        # 5xx, timeout, connection error: worth another attempt later
+INTERNAL = "internal"          # the attempt could not even be made (a defect here): counted, logged
 
 
 class _Details(msgspec.Struct):
@@ -93,13 +103,19 @@ def retry_after(headers) -> float | None:
     return None
 
 
-def backoff(attempt: int) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1))))
-
-
 class ResponseTooLarge(Exception):
     pass
+
+
+class Answer(msgspec.Struct):
+    """What one attempt brought back, scrubbed of the provider's key."""
+    kind: str
+    attempt: ev.Attempt
+    status_code: int | None = None
+    body: bytes = b""
+    request_id: str | None = None
+    retry_after: float | None = None     # seconds the provider asked us to wait (429, 5xx)
+    error: str | None = None             # request_timeout, upstream_unreachable, internal_error
 
 
 class Outcome(msgspec.Struct):
@@ -115,6 +131,99 @@ class Outcome(msgspec.Struct):
     @property
     def succeeded(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _headers(provider: Provider) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if provider.api_key:
+        headers["Authorization"] = f"Bearer {provider.api_key}"
+    return headers
+
+
+async def send(session: aiohttp.ClientSession, provider: Provider, url: str, body: bytes, *, timeout: float,
+               attempts: list[ev.Attempt]) -> Answer:
+    """One attempt. Its Attempt is appended to `attempts` (the request's list), also when the call
+    is cancelled: an attempt cut short is kept with error 'aborted'."""
+    started = time.time()
+    t0 = time.perf_counter()
+    status = error = request_id = wait = None
+    data = b""
+    try:
+        async with session.post(url, data=body, headers=_headers(provider),
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if (r.content_length or 0) > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge()
+            data = await r.content.read(MAX_RESPONSE_BYTES + 1)
+            if len(data) > MAX_RESPONSE_BYTES or not r.content.at_eof():
+                raise ResponseTooLarge()
+            status = r.status
+            request_id = _scrub_text(r.headers.get("x-request-id"), provider.api_key)
+            if status == 429 or status >= 500:
+                wait = retry_after(r.headers)
+    except ResponseTooLarge:
+        attempt = ev.Attempt(at=started, duration_ms=_ms(t0), status_code=502)
+        attempts.append(attempt)
+        return Answer(FINAL, attempt, 502, msgspec.json.encode({"error": {
+            "message": f"The upstream answer was larger than {MAX_RESPONSE_BYTES} bytes and was not kept.",
+            "type": "upstream_response_too_large", "param": None, "code": None}}))
+    except asyncio.TimeoutError:
+        error = "request_timeout"
+    except asyncio.CancelledError:
+        attempts.append(ev.Attempt(at=started, duration_ms=_ms(t0), error="aborted"))
+        raise
+    except (aiohttp.ClientError, OSError) as exc:
+        error, data = "upstream_unreachable", type(exc).__name__.encode()
+    except Exception as exc:   # e.g. a ValueError from the HTTP client: a defect, not the provider's doing
+        log.exception("upstream_attempt_failed", provider=provider.name)
+        error, data = "internal_error", type(exc).__name__.encode()
+    attempt = ev.Attempt(at=started, duration_ms=_ms(t0), status_code=status,
+                         error=None if error is None else error if error == "request_timeout"
+                         else f"{error}: {data.decode()}")
+    attempts.append(attempt)
+    if error is not None:
+        return Answer(INTERNAL if error == "internal_error" else TRANSIENT, attempt, error=error)
+    data = _scrub(data, provider.api_key)
+    kind = OK if 200 <= status < 300 else RATE_LIMITED if status == 429 else TRANSIENT if status >= 500 else FINAL
+    return Answer(kind, attempt, status, data, request_id, wait)
+
+
+def _ms(t0: float) -> int:
+    return int((time.perf_counter() - t0) * 1000)
+
+
+async def probe(session: aiohttp.ClientSession, provider: Provider) -> bool:
+    """Does the provider answer at all? GET {base_url}/models: any HTTP answer below 500 (a 404
+    from a provider without that route is an answer too). Costs no tokens."""
+    try:
+        async with session.get(provider.base_url + "/models", headers=_headers(provider),
+                               timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as r:
+            await r.content.read(65536)
+            return r.status < 500
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError):
+        return False
+
+
+def outcome(answer: Answer, attempts: list[ev.Attempt], provider: Provider, timeout: float) -> Outcome:
+    """The request's outcome from its last answer: its status and body when the provider
+    answered (a body that is not JSON kept as a JSON string, so the line stays valid), else the
+    error of the last attempt in words."""
+    if answer.status_code is None:
+        counted = len(attempts)
+        if answer.error == "request_timeout":
+            message = f"No answer within {timeout:g}s, {counted} attempt(s)."
+        elif answer.error == "internal_error":
+            message = (f"The request could not be sent to the upstream provider '{provider.name}' "
+                       f"({answer.attempt.error}); see the worker's log.")
+        else:
+            message = f"Could not reach the upstream provider '{provider.name}' after {counted} attempt(s)."
+        return Outcome(attempts=attempts, error_code=answer.error, error_message=message)
+    data, status = answer.body, answer.status_code
+    usage = usage_of(data) if 200 <= status < 300 else None
+    if 200 <= status < 300 and usage is None:
+        data, usage = msgspec.json.encode(data.decode("utf-8", "replace")), ev.Usage()
+    elif not 200 <= status < 300 and usage_of(data) is None:
+        data = msgspec.json.encode({"error": {"message": data.decode("utf-8", "replace")[:2000]}})
+    return Outcome(attempts=attempts, status_code=status, body=data, request_id=answer.request_id, usage=usage)
 
 
 REDACTED = b"[redacted]"
@@ -153,81 +262,3 @@ def _scrub_text(text: str | None, key: str | None) -> str | None:
     if text is None or not key:
         return text
     return _scrub(text.encode("utf-8", "surrogateescape"), key).decode("utf-8", "replace")
-
-
-async def call(session: aiohttp.ClientSession, provider: Provider, semaphore: asyncio.Semaphore, url: str,
-               body: bytes, *, max_attempts: int, timeout: float, may_start=lambda: True,
-               on_attempt=None, attempts: list[ev.Attempt] | None = None) -> Outcome | None:
-    """Send one request, retrying what is worth retrying. Returns None when `may_start()` said no
-    before an attempt (the batch is being cancelled or expired): the request did not finish.
-    `attempts` (the caller's list) holds every attempt made, also when the call is cancelled;
-    an attempt cut short by cancellation is kept with error 'aborted'."""
-    headers = {"Content-Type": "application/json"}
-    if provider.api_key:
-        headers["Authorization"] = f"Bearer {provider.api_key}"
-    attempts = [] if attempts is None else attempts
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    while True:
-        async with semaphore:
-            if not may_start():
-                return None
-            started = time.time()
-            t0 = time.perf_counter()
-            status = None
-            error = None
-            wait = None
-            data = b""
-            request_id = None
-            too_large = False
-            try:
-                async with session.post(url, data=body, headers=headers, timeout=client_timeout) as r:
-                    if (r.content_length or 0) > MAX_RESPONSE_BYTES:
-                        raise ResponseTooLarge()
-                    data = await r.content.read(MAX_RESPONSE_BYTES + 1)
-                    if len(data) > MAX_RESPONSE_BYTES or not r.content.at_eof():
-                        raise ResponseTooLarge()
-                    status = r.status
-                    request_id = _scrub_text(r.headers.get("x-request-id"), provider.api_key)
-                    if status == 429 or status >= 500:
-                        wait = retry_after(r.headers)
-            except ResponseTooLarge:
-                status, too_large = 502, True
-            except asyncio.TimeoutError:
-                error = "request_timeout"
-            except asyncio.CancelledError:
-                attempts.append(ev.Attempt(at=started, duration_ms=int((time.perf_counter() - t0) * 1000),
-                                           error="aborted"))
-                raise
-            except (aiohttp.ClientError, OSError) as exc:
-                error = "upstream_unreachable"
-                data = type(exc).__name__.encode()
-            duration = int((time.perf_counter() - t0) * 1000)
-        attempts.append(ev.Attempt(at=started, duration_ms=duration, status_code=status,
-                                   error=None if error is None else (error if error == "request_timeout"
-                                                                     else f"{error}: {data.decode()}")))
-        if on_attempt is not None:
-            on_attempt(status, duration)
-        if too_large:  # final: asking again would bring the same answer
-            return Outcome(attempts=attempts, status_code=502, body=msgspec.json.encode({"error": {
-                "message": f"The upstream answer was larger than {MAX_RESPONSE_BYTES} bytes and was not kept.",
-                "type": "upstream_response_too_large", "param": None, "code": None}}))
-        if status is not None and status != 429 and status < 500:
-            data = _scrub(data, provider.api_key)
-            usage = usage_of(data) if 200 <= status < 300 else None
-            if 200 <= status < 300 and usage is None:
-                # A 2xx whose body is not JSON: keep it, as a JSON string, so the line stays valid.
-                data, usage = msgspec.json.encode(data.decode("utf-8", "replace")), ev.Usage()
-            elif not 200 <= status < 300 and usage_of(data) is None:
-                data = msgspec.json.encode({"error": {"message": data.decode("utf-8", "replace")[:2000]}})
-            return Outcome(attempts=attempts, status_code=status, body=data, request_id=request_id, usage=usage)
-        if len(attempts) >= max_attempts:
-            if status is not None:
-                data = _scrub(data, provider.api_key)
-                if usage_of(data) is None:
-                    data = msgspec.json.encode({"error": {"message": data.decode("utf-8", "replace")[:2000]}})
-                return Outcome(attempts=attempts, status_code=status, body=data, request_id=request_id)
-            message = (f"No answer within {timeout:g}s after {len(attempts)} attempt(s)." if error == "request_timeout"
-                       else f"Could not reach the upstream provider '{provider.name}' after {len(attempts)} "
-                            "attempt(s).")
-            return Outcome(attempts=attempts, error_code=error, error_message=message)
-        await asyncio.sleep(wait if wait is not None else backoff(len(attempts)))

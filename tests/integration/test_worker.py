@@ -86,15 +86,16 @@ def test_a_chunk_task_that_raises_cancels_its_sibling_requests_first(url):
     the lease goes back, so none of them finishes after the release and is sent again (the mock
     would see a second success of the same body)."""
 
-    class RaisesOnce(Worker):
-        raised = False
+    raised = []
 
-        async def _run_request(self, chunk, run, index, line):
-            if index == 0 and not RaisesOnce.raised:
+    def raising_once(run_request):
+        async def run_or_raise(chunk, run, index, *rest):
+            if index == 0 and not raised:
                 await asyncio.sleep(0.2)
-                RaisesOnce.raised = True
+                raised.append(index)
                 raise RuntimeError("a defect in recording one request")
-            return await super()._run_request(chunk, run, index, line)
+            return await run_request(chunk, run, index, *rest)
+        return run_or_raise
 
     async def main():
         mock = await start_mock(MockSettings(latency_ms=600))
@@ -103,14 +104,15 @@ def test_a_chunk_task_that_raises_cancels_its_sibling_requests_first(url):
         try:
             batch_id = await _running_batch(pool, 20, chunk_size=20)
             settings = load_settings({}, upstream_url=mock.base_url)
-            worker = RaisesOnce(settings, pool, providers=[Provider(name="default", base_url=mock.base_url)])
+            worker = Worker(settings, pool, providers=[Provider(name="default", base_url=mock.base_url)])
+            worker.chunks._run_request = raising_once(worker.chunks._run_request)
             await worker.start()
             for _ in range(300):
                 status = await pool.fetchval("SELECT status FROM batch_view WHERE id = $1", batch_id)
                 if status == "completed":
                     break
                 await asyncio.sleep(0.1)
-            assert RaisesOnce.raised and status == "completed"
+            assert raised and status == "completed"
             async with aiohttp.ClientSession() as session:
                 async with session.get(mock.base_url.removesuffix("/v1") + "/_mock/stats") as r:
                     stats = await r.json()

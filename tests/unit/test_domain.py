@@ -116,4 +116,7 @@ def test_retry_after_headers():
     assert upstream.retry_after({"retry-after": "2"}) == 2.0
     assert upstream.retry_after({"retry-after": "9999"}) == upstream.RETRY_AFTER_CAP
     assert upstream.retry_after({}) is None
-    assert all(0 <= upstream.backoff(n) <= upstream.BACKOFF_CAP for n in range(1, 30))
+    from eventbatch.worker.scheduler import Backoff
+    backoff = Backoff(2.0, 300.0)
+    assert all(min(300.0, 2.0 * 2 ** (n - 1)) / 2 <= backoff.delay(n) <= min(300.0, 2.0 * 2 ** (n - 1))
+               for n in range(1, 30))
