@@ -348,3 +348,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if e2e in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+
+
+def said_lines(stderr: str) -> list[str]:
+    """What a command said on stderr beyond the notice naming its database (`eventbatch:
+    database: …`, which every command that touches the database prints first)."""
+    return [x for x in stderr.strip().splitlines() if not x.startswith("eventbatch: database:")]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, base_env, chat_line, jsonl, slow_line, wait_status
+from conftest import ROOT, base_env, chat_line, jsonl, said_lines, slow_line, wait_status
 
 
 def replay(database_url, *args):
@@ -66,4 +66,4 @@ def test_replay_of_a_batch_with_retries_and_a_cancel(client, database_url):
 def test_replay_of_an_unknown_batch_is_one_clear_line(database_url):
     r = replay(database_url, "batch_doesnotexist")
     assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "batch_doesnotexist" in r.stderr and "Traceback" not in r.stderr
+    assert len(said_lines(r.stderr)) == 1 and "batch_doesnotexist" in r.stderr and "Traceback" not in r.stderr
