@@ -190,8 +190,9 @@ def run(quick: bool, full: bool, ctx) -> dict:
                      "met": ratio <= 3}],
         "notes": (f"{n:,} events ({batches} batches × {per_batch:,} outcomes, {m['table_mb']:.0f} MB table) "
                   f"written by store.append_outcomes; rebuild.rebuild (fold into shadow tables, catch-up, "
-                  f"swap under a short lock) vs one GROUP BY that parses every outcome's JSON in Postgres; median of "
-                  f"{rounds} alternating rounds on a warm cache; results cross-checked."),
+                  f"swap under a short lock) vs one GROUP BY that parses every outcome's usage (from its "
+                  f"summary, as the fold reads it) in Postgres; median of {rounds} alternating rounds on a warm "
+                  f"cache; results cross-checked."),
     }
 
 
