@@ -7,6 +7,8 @@ several in the EVENTBATCH_CONFIG TOML file. The host a request goes to never com
     api_key_env = "OPENAI_API_KEY"     # the name of the variable holding the key, never the key
     models = ["gpt-4o-mini"]           # omit to serve every model not claimed by another provider
     concurrency = 64                   # requests in flight from one worker process
+    rpm = 500                          # optional: requests per minute, for the whole deployment
+    tpm = 200000                       # optional: tokens per minute (estimated, settled by usage)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Provider(msgspec.Struct, kw_only=True):
     api_key: str | None = None
     models: list[str] | None = None
     concurrency: int = 64
+    rpm: int | None = None
+    tpm: int | None = None
 
     def __repr__(self) -> str:  # the key stays out of every repr, log and error
         return f"Provider(name={self.name!r}, base_url={mask_url(self.base_url)!r}, models={self.models!r})"
@@ -41,6 +45,8 @@ class _ProviderEntry(msgspec.Struct, forbid_unknown_fields=True):
     api_key_env: str | None = None
     models: list[str] | None = None
     concurrency: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,7 +69,7 @@ def load_providers(settings: Settings, env: Mapping[str, str] | None = None, *, 
             raise SettingsError(f"{where}: not valid TOML ({exc}); fix the file.") from None
         except msgspec.ValidationError as exc:
             raise SettingsError(f"{where}: {exc}; each [[providers]] entry takes name, base_url, "
-                                "api_key_env, models, concurrency.") from None
+                                "api_key_env, models, concurrency, rpm, tpm.") from None
         names = set()
         for p in config.providers:
             if p.name in names:
@@ -78,10 +84,14 @@ def load_providers(settings: Settings, env: Mapping[str, str] | None = None, *, 
             concurrency = p.concurrency if p.concurrency is not None else settings.upstream_concurrency
             if not 1 <= concurrency <= 10_000:
                 raise SettingsError(f"{where}: provider {p.name!r} concurrency must be between 1 and 10000.")
+            for limit, value in (("rpm", p.rpm), ("tpm", p.tpm)):
+                if value is not None and not 1 <= value <= 1_000_000_000:
+                    raise SettingsError(f"{where}: provider {p.name!r} {limit} must be a whole number from 1 to "
+                                        "1000000000; leave it out for no limit.")
             providers.append(Provider(name=p.name, base_url=check_upstream_url(
                                           f"{where}: provider {p.name!r} base_url", p.base_url,
                                           with_key=bool(p.api_key_env)), api_key=key,
-                                      models=p.models, concurrency=concurrency))
+                                      models=p.models, concurrency=concurrency, rpm=p.rpm, tpm=p.tpm))
     if settings.upstream_url is not None:
         providers.append(Provider(name="default", base_url=settings.upstream_url, api_key=settings.upstream_api_key,
                                   concurrency=settings.upstream_concurrency))

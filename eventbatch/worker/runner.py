@@ -23,6 +23,7 @@ from .. import idempotency
 from .. import batch as domain, projections
 from ..config import Settings
 from . import queue
+from .budget import MinuteBudget
 from .chunks import BatchRun, ChunkRunner
 from .finalizer import settle_batch
 from .providers import Provider, load_providers, provider_for, route_of
@@ -47,7 +48,9 @@ class Worker:
         # held, fairshare.py), adapted to its 429s, and its pause.
         self.schedulers = {p.name: ProviderScheduler(p, lambda: self._session, max_attempts=settings.max_attempts,
                                                      backoff=backoff, timeout=settings.upstream_timeout_seconds,
-                                                     on_resumed=functools.partial(self._wake_parked, p.name))
+                                                     on_resumed=functools.partial(self._wake_parked, p.name),
+                                                     budget=MinuteBudget(pool, p.name, p.rpm, p.tpm)
+                                                     if p.rpm or p.tpm else None)
                            for p in self.providers}
         # Claim per provider, by requests, not chunks: enough open requests to keep its slots busy
         # (four times its concurrency), however small the chunks (a batch of 5 requests is one

@@ -34,6 +34,7 @@ import structlog
 from .. import events as ev
 from ..metrics import PROVIDER_CONCURRENCY, PROVIDER_IN_FLIGHT, PROVIDER_PAUSED, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from . import upstream
+from .budget import MinuteBudget, estimate_tokens
 from .fairshare import FairSlots
 from .providers import Provider
 
@@ -47,6 +48,13 @@ PARK_AFTER = 5.0           # a wait longer than this parks the request instead o
 RATE_LIMITED_BASE, RATE_LIMITED_MAX = 0.5, 30.0   # a 429 without Retry-After: the wait, doubling
 
 OPEN, PAUSED, TRIAL = "open", "paused", "trial"
+
+
+def _tokens_used(answer: upstream.Answer) -> int:
+    if answer.kind != upstream.OK:
+        return 0
+    usage = upstream.usage_of(answer.body)
+    return 0 if usage is None else usage.total_tokens
 
 
 class RetryState:
@@ -87,8 +95,10 @@ class Backoff:
 
 class ProviderScheduler:
     def __init__(self, provider: Provider, session_of: Callable[[], aiohttp.ClientSession], *, max_attempts: int,
-                 backoff: Backoff, timeout: float, on_resumed: Callable[[], None] = lambda: None):
+                 backoff: Backoff, timeout: float, on_resumed: Callable[[], None] = lambda: None,
+                 budget: MinuteBudget | None = None):
         self.provider = provider
+        self.budget = budget            # its rpm / tpm across the deployment, when it has any
         self._session_of = session_of
         self.max_attempts, self.backoff, self.timeout = max_attempts, backoff, timeout
         self.on_resumed = on_resumed
@@ -204,12 +214,20 @@ class ProviderScheduler:
                     return self._park_paused(state)
                 if not may_start():
                     return None
+                if self.budget is not None:
+                    tokens = estimate_tokens(body) if self.budget.tpm else 0
+                    minute = await self.budget.take(tokens)
+                    if not may_start():     # the wait for the next minute may be long
+                        self.budget.settle(minute, tokens, 0)
+                        return None
                 sent_epoch = self._epoch
                 PROVIDER_IN_FLIGHT.set(self.provider.name, value=float(self.slots.busy))
                 answer = await upstream.send(self._session_of(), self.provider, url, body, timeout=self.timeout,
                                              attempts=state.attempts)
             finally:
                 self.slots.release(project, batch_id)
+            if self.budget is not None:
+                self.budget.settle(minute, tokens, _tokens_used(answer) if self.budget.tpm else 0)
             UPSTREAM_ATTEMPTS.inc("error" if answer.status_code is None else str(answer.status_code))
             UPSTREAM_LATENCY.observe(answer.attempt.duration_ms / 1000.0)
             done = self._after(key, answer, sent_epoch, state)

@@ -76,3 +76,12 @@ def test_429s_spend_no_attempt_cut_the_concurrency_and_successes_grow_it_back():
         assert s.slots.limit == 64          # additive increase, never above the configured concurrency
         await s.close()
     asyncio.run(go())
+
+
+def test_a_request_is_estimated_by_its_bytes_and_the_output_it_allows():
+    from eventbatch.worker.budget import OUTPUT_GUESS, estimate_tokens
+    body = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 400 + b'"}],"max_tokens":100}'
+    assert estimate_tokens(body) == len(body) // 4 + 100
+    assert estimate_tokens(b'{"input":"abc","max_output_tokens":7}') == 38 // 4 + 7
+    assert estimate_tokens(b'{"input":"abc"}') == 15 // 4 + OUTPUT_GUESS
+    assert estimate_tokens(b"not json") == 2 + OUTPUT_GUESS
