@@ -53,13 +53,8 @@ def sse_message(row: asyncpg.Record) -> bytes:
 
 
 def parse_position(raw: str | None, param: str | None) -> int:
-    if raw is None or raw == "":
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
+    value = params.position(raw)
+    if value is None:
         where = f"'{param}'" if param else "Last-Event-ID"
         raise bad_request(f"{where} must be the id of an event from an earlier page; got '{raw[:40]}'.",
                           param=param)

@@ -12,6 +12,7 @@ from aiohttp import web
 from .errors import bad_request
 
 MAX_ID_CHARS = 256   # ids are about 30 characters; anything far longer names nothing
+MAX_POSITION = 2 ** 63 - 1   # positions in the log are Postgres bigint
 
 
 def storable(value: str) -> bool:
@@ -45,3 +46,14 @@ def query_text(q: Mapping[str, str], name: str) -> str | None:
     if value is None or value == "":
         return None
     return text(value, name)
+
+
+def position(raw: str | None) -> int | None:
+    """A cursor that is a position in the log (`after=` of the events and results routes): None
+    when it is not one. ASCII digits only (str.isdigit admits '²', which int() refuses) and
+    within bigint (a larger number cannot even be sent to Postgres): either was a 500."""
+    if raw is None or raw == "":
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_POSITION:
+        return None
+    return int(raw)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .. import projections, results
 from ..result_lines import FAILED, SUCCEEDED
+from . import params
 from .errors import bad_request, not_found
 from .state import POOL, PROJECT
 
@@ -20,16 +21,15 @@ CURSOR_HEADER = "x-results-cursor"
 
 
 def _cursor(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return 0
-    if not raw.isdigit():
+    value = params.position(raw)
+    if value is None:
         raise bad_request(f"'after' must be the {CURSOR_HEADER} header of an earlier answer; got '{raw[:40]}'.",
                           param="after")
-    return int(raw)
+    return value
 
 
 async def batch_results(request: web.Request) -> web.StreamResponse:
-    batch_id = request.match_info["batch_id"]
+    batch_id = params.path_id(request, "batch_id")
     kind = request.query.get("status")
     if kind is not None and kind not in (SUCCEEDED, FAILED):
         raise bad_request(f"status must be '{SUCCEEDED}' or '{FAILED}'; got '{kind[:40]}'.", param="status")

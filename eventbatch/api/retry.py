@@ -9,14 +9,14 @@ from aiohttp import web
 from .. import retry
 from ..batch import Conflict, NothingToRetry
 from ..store import NotFound
-from . import wire
+from . import params, wire
 from .batches import validate_in_background
 from .errors import ApiError, bad_request, not_found
 from .state import PROJECT, SETTINGS, connection, spawn_after_commit
 
 
 async def retry_batch(request: web.Request) -> web.Response:
-    batch_id = request.match_info["batch_id"]
+    batch_id = params.path_id(request, "batch_id")
     async with connection(request) as conn:
         try:
             state = await retry.retry_batch(conn, project=request[PROJECT], batch_id=batch_id,

@@ -76,6 +76,7 @@ def key(new_key):
     (b"/v1/files/%00/content", "file_id"),
     (b"/v1/batches/batch_%00", "batch_id"),
     (b"/v1/batches/batch_%00/events", "batch_id"),
+    (b"/v1/batches/batch_%00/results", "batch_id"),
     (b"/v1/files?after=file-%00", "after"),
     (b"/v1/batches?after=%00", "after"),
     (b"/v1/files?purpose=%00batch", "purpose"),
@@ -89,6 +90,20 @@ def test_nul_in_ids_and_query_parameters_is_a_400(server, key, target, param):
 def test_nul_in_deleted_and_cancelled_ids_is_a_400(server, key):
     envelope(get(server, key, b"/v1/files/file-%00", b"DELETE"), 400, "file_id")
     envelope(get(server, key, b"/v1/batches/batch_%00/cancel", b"POST"), 400, "batch_id")
+    envelope(get(server, key, b"/v1/batches/batch_%00/retry", b"POST"), 400, "batch_id")
+
+
+@pytest.mark.parametrize("cursor", [b"%C2%B2", b"9223372036854775808", b"99999999999999999999999999", b"-1"])
+@pytest.mark.parametrize("route", [b"events", b"results"])
+def test_a_cursor_that_is_no_position_is_a_400(server, key, route, cursor):
+    # Positions are bigint: a larger number (or a digit int() refuses, like '²') was a 500.
+    # The key's project owns the batch, so the cursor is what the route gets to.
+    own = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+    f = own.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    b = own.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    mark = len(server.log())
+    envelope(get(server, key, b"/v1/batches/" + b.id.encode() + b"/" + route + b"?after=" + cursor), 400, "after")
+    assert_no_traceback_since(server, mark)
 
 
 def test_nul_in_json_bodies_is_a_400(server, client):
