@@ -121,6 +121,7 @@ async def idempotency_middleware(request: web.Request, handler):
     digest = request[DIGEST] = RequestDigest(request.method, request.path_qs)
 
     async def claim(conn: asyncpg.Connection) -> None:
+        await conn.execute(Q.idempotency_wait_briefly)
         try:
             first = await conn.fetchval(Q.idempotency_claim, project, key, RETENTION_SECONDS)
         except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError):
@@ -128,6 +129,7 @@ async def idempotency_middleware(request: web.Request, handler):
                                 "finished: you will get its response.", code="idempotency_key_in_use") from None
         if not first:
             raise _KeyTaken(await conn.fetchrow(Q.idempotency_get, project, key))
+        await conn.execute(Q.idempotency_wait_as_before)
 
     unit = request[REQUEST_TRANSACTION] = RequestTransaction(request.app[POOL], claim)
     try:

@@ -12,6 +12,16 @@ SET request_hash = NULL, status = NULL, content_type = NULL, body = NULL,
 WHERE idempotency_keys.expires_at <= now()
 RETURNING true
 
+-- idempotency_wait_briefly --
+-- Before the claim: a duplicate waits on a first request that is still running for less than
+-- an API call's wait on the database (pool.API_WAIT_SECONDS, 2 s), so that a long first request
+-- makes it a 409 "still being processed", not a 503 with its connection cut.
+SET LOCAL lock_timeout = '1500ms'
+
+-- idempotency_wait_as_before --
+-- After the claim: the rest of the request waits on locks as the pool's profile says.
+SET LOCAL lock_timeout TO DEFAULT
+
 -- idempotency_get --
 SELECT request_hash, status, content_type, body FROM idempotency_keys WHERE project = $1 AND key = $2
 

@@ -257,3 +257,36 @@ def test_concurrent_uploads_with_one_key_make_exactly_one_file(server, new_key, 
     assert db.fetchval("SELECT count(DISTINCT file_id) FROM file_blobs WHERE file_id NOT IN "
                        "(SELECT id FROM file_view) AND written_at > now() - interval '1 minute'") == 0
     assert client.files.content(ids[0]).read() == jsonl(lines)
+
+
+async def test_a_duplicate_of_a_request_still_running_is_409_in_use_not_a_503(server, new_key, database_url):
+    """A first request that holds its key longer than an API call's wait on the database (2 s:
+    a retry copying a big file, a busy database): its duplicate waits on the key's row. It must
+    hear that the key is in use (409, retry later), not that the database is away (503), and
+    its connection must not be cut for it."""
+    import asyncio
+    import time
+
+    import asyncpg
+
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    client = await asyncio.to_thread(_client, server, new_key, project)
+    f = await asyncio.to_thread(_upload, client, [chat_line(0)])
+    key = _key()
+    holder = await asyncpg.connect(database_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        # What the first request's own transaction holds while it runs: the key's new row.
+        await holder.execute("INSERT INTO idempotency_keys (project, key, expires_at) "
+                             "VALUES ($1, $2, now() + interval '1 day')", project, key["Idempotency-Key"])
+        started = time.monotonic()
+        with pytest.raises(openai.ConflictError) as caught:
+            await asyncio.to_thread(_create, client, f.id, key)
+        assert caught.value.code == "idempotency_key_in_use", caught.value
+        assert "still being processed" in caught.value.message
+        assert time.monotonic() - started < 5
+        await tx.rollback()   # the first request failed: the key is free again
+    finally:
+        await holder.close()
+    assert (await asyncio.to_thread(_create, client, f.id, key)).input_file_id == f.id
