@@ -23,7 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("validate", "drain", "append", "rebuild", "read_latency", "memory", "output_storage")
+BENCHMARKS = ("validate", "drain", "append", "rebuild", "read_latency", "memory", "output_storage", "fairness",
+              "open_batches")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
