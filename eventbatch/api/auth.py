@@ -87,6 +87,7 @@ class FailureThrottle:
         self._buckets[address] = (min(self.burst, self._tokens(address, now) + 1), now)
 
 
+KEY = web.RequestKey("api_key", str)   # the key the request authenticated with (memory only, never logged)
 KEYS = web.AppKey("key_cache", KeyCache)
 THROTTLE = web.AppKey("auth_throttle", FailureThrottle)
 
@@ -111,7 +112,24 @@ async def auth_middleware(request: web.Request, handler):
     if project is None:
         project = await keys.look_up(key, lambda: _look_up(request, key))
     request[PROJECT] = project
+    request[KEY] = key
     return await handler(request)
+
+
+async def still_authorized(request: web.Request) -> bool:
+    """For an answer that goes on for long (the SSE feed, for as long as its batch runs): whether
+    the request's key is still good, asked as a new request would ask it (the cache, or a lookup
+    once the cached entry is CACHE_SECONDS old). A key revoked meanwhile must not keep a feed
+    open: revocation holds within 5 s for every answer, not only for new requests. Only a key
+    found bad ends it; a throttled lookup (429) is asked again later."""
+    key, keys = request[KEY], request.app[KEYS]
+    if keys.get(key) is not None:
+        return True
+    try:
+        await keys.look_up(key, lambda: _look_up(request, key))
+    except ApiError as exc:
+        return exc.status != 401
+    return True
 
 
 async def _look_up(request: web.Request, key: str) -> str:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .. import projections, store
 from ..batch import TERMINAL
-from . import params, wire
+from . import auth, params, wire
 from .state import POOL, PROJECT
 from .errors import bad_request, not_found
 from .paging import parse_limit
@@ -97,6 +97,9 @@ async def follow_batch(request: web.Request, batch_id: str, after: int) -> web.S
                 break
             if request.transport is None or request.transport.is_closing():
                 reason = "client_gone"
+                break
+            if not await auth.still_authorized(request):
+                reason = "key_revoked"
                 break
             async with pool.acquire() as conn:
                 # Status before events: a terminal status commits in the same transaction as the

@@ -213,6 +213,41 @@ def test_feed_follows_a_running_batch_until_cancelled(client, server):
     assert [m["data"] for m in both.messages] == events[-1:]
 
 
+def test_a_feed_ends_within_5_seconds_of_its_key_being_revoked(server, new_key, database_url, db):
+    """SPEC §8: a revoked key is refused within 5 s, also by a feed it opened before: it would
+    otherwise stream the project's events for as long as the batch runs (up to its window)."""
+    import asyncio
+
+    import asyncpg
+
+    from eventbatch import api_keys, batches, ids
+
+    async def as_operator(command):
+        conn = await asyncpg.connect(database_url)
+        try:
+            await command(conn)
+        finally:
+            await conn.close()
+
+    key = new_key()
+    client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=60)
+    b = slow_batch(client)
+    feed = Feed(server.base_url, key, b.id)
+    try:
+        feed.wait_for(lambda ms: "batch_started" in [m["event"] for m in ms])
+        key_id = db.fetchval("SELECT key_id FROM api_key_secrets WHERE key_hash = $1", ids.key_hash(key))
+        asyncio.run(as_operator(lambda conn: api_keys.revoke_key(conn, key_id)))
+        start = time.time()
+        feed.wait_closed(10)
+        assert time.time() - start < 5, time.time() - start
+        assert db.fetchval("SELECT status FROM batch_view WHERE id = $1", b.id) == "in_progress"
+        assert "key_revoked" in feeds_closed(server)
+    finally:
+        feed.close()
+        # The key, not the batch, was revoked: the batch would run on. End it (any process settles it).
+        asyncio.run(as_operator(lambda conn: batches.cancel_batch(conn, b.id)))
+
+
 @pytest.mark.slow
 def test_feed_from_an_api_process_while_another_process_writes(client, server, start_proc):
     key = client.api_key
