@@ -38,9 +38,8 @@ POLL_INTERVAL = 0.5
 
 
 class Worker:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, sweep_interval: float = 1.0,
-                 providers: list[Provider] | None = None):
-        self.settings, self.pool, self.sweep_interval = settings, pool, sweep_interval
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, providers: list[Provider] | None = None):
+        self.settings, self.pool = settings, pool
         self.providers = providers if providers is not None else load_providers(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         backoff = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)

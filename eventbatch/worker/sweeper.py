@@ -31,7 +31,11 @@ from .validating import validate_batch
 log = structlog.get_logger("eventbatch.worker")
 
 INTERVAL = 1.0          # seconds between passes: a batch is worked within about this after it is due
-HOLD_SECONDS = 60.0     # a taken batch is left to this sweeper for this long
+# A taken batch is left to this sweeper for this long: past the slowest due work (a 200 MB
+# validation, settling a big batch), short enough that a process that died mid-work delays an
+# expiry by seconds. A second sweeper that takes a batch still being worked finds it locked (the
+# validation's advisory lock, the view row) and looks again a second later.
+HOLD_SECONDS = 15.0
 AGAIN_SECONDS = 1.0     # a due batch nothing could move yet is looked at again after this
 FAILED_AGAIN_SECONDS = 5.0   # ... and one whose work raised, after this
 CONCURRENCY = 4         # due batches worked at once by one process
