@@ -81,9 +81,15 @@ def app_url(server) -> str:
 
 
 async def allow_app_login(owner: asyncpg.Connection) -> None:
-    """migrations/004 makes eventbatch_app NOLOGIN; here it logs in over the trusted socket."""
-    if not await owner.fetchval(Q.app_role_may_login):
-        await owner.execute(Q.app_role_allow_login)
+    """migrations/004 makes eventbatch_app NOLOGIN; here it logs in over the trusted socket.
+    Under the migration lock: two commands started together (the README's `serve &` and
+    `keys create`) would otherwise both ALTER the role, and one fails 'tuple concurrently updated'."""
+    await owner.execute(Q.migration_lock)
+    try:
+        if not await owner.fetchval(Q.app_role_may_login):
+            await owner.execute(Q.app_role_allow_login)
+    finally:
+        await owner.execute(Q.migration_unlock)
 SERVER_ROLES = ("serve", "api", "worker")
 
 
