@@ -47,22 +47,25 @@ def _profile(statement: int, lock: int, idle: int) -> dict[str, str]:
 # worker (and serve's worker thread): every statement is short by design — a 4 MiB read of a
 # file's pieces while validating 200 MB, a flush of at most 1,000 outcomes, a page of a
 # finalize's cursor — so a minute is far beyond the slowest; a lock is awaited at most half a
-# minute (a big finalize holds its batch that long at worst); and 10 s idle inside a transaction
-# means a worker paused holding a batch's lock blocks the others for seconds only. Nothing in a
+# minute (a big finalize holds its batch that long at worst); and 5 s idle inside a transaction
+# means a worker paused holding a batch's lock blocks the others for seconds only (a worker's
+# transactions last milliseconds between statements; the largest gap, one 4 MiB piece through
+# the validator, is tens of milliseconds). Nothing in a
 # worker's transaction waits on anything but this database.
 #
 # api: the same statement and lock limits (the API process also validates and settles, in the
 # background); its requests are bounded in the client instead (API_WAIT_SECONDS). Idle in a
-# transaction for longer: an upload with an Idempotency-Key streams inside one request-wide
-# transaction and may wait up to EVENTBATCH_UPLOAD_READ_TIMEOUT_SECONDS for the client's next
-# bytes (api_profile adds that).
+# transaction for longer, as a margin: uploads write each piece in a short transaction of its own
+# and claim their Idempotency-Key only when the file is recorded, but a request-wide transaction
+# of a keyed request still spans the handler's awaits (api_profile keeps the margin above the
+# upload read timeout).
 #
 # operator (migrate, projections rebuild, replay, keys): no statement limit — a migration may
 # build an index over the whole log, a rebuild folds all of it — but a lock is awaited 30 s at
 # most: a migration queued behind a long transaction for a lock on `events` would stall every
 # append queued behind it; failing is better (it changes nothing; run it again).
 PROFILES: dict[str, dict[str, str]] = {
-    "worker": _profile(statement=60, lock=30, idle=10),
+    "worker": _profile(statement=60, lock=30, idle=5),
     "api": _profile(statement=60, lock=30, idle=60),
     "operator": _profile(statement=0, lock=30, idle=60),
 }
