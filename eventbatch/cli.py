@@ -80,6 +80,13 @@ def _server_options(sp: argparse.ArgumentParser) -> None:
                         help=f"{what} (default: ${ENV_NAME[field]}, else {shown})")
 
 
+def _migration_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--migration-database-url", metavar="URL",
+                    help="the schema owner's Postgres URL, for applying migrations (SPEC 14); prefer the variable, "
+                         "a command line is visible to other users (default: $EVENTBATCH_MIGRATION_DATABASE_URL, "
+                         "else --database-url)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eventbatch", description="OpenAI-compatible Batch API gateway.")
     p.add_argument("--version", action="version", version=f"eventbatch {__version__}",
@@ -100,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--port", type=int, default=8080,
                             help="port to listen on; 0 picks a free one, logged at start (default: %(default)s)")
         _server_options(sp)
-    database_command(sub, "migrate", "apply the database migrations (serve, api and worker also do at start)")
+        _migration_option(sp)
+    _migration_option(database_command(sub, "migrate",
+                                       "apply the database migrations (serve, api and worker also do at start)"))
     keys = database_command(sub, "keys", "API keys of the projects (tenants)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
     kc = database_command(keys_sub, "create", "create an API key for a project; the key is the last line printed")
@@ -191,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_batch_command(args)
         settings = load_settings(
             database_url=args.database_url, data_dir=args.data_dir, log_format=args.log_format,
+            migration_database_url=getattr(args, "migration_database_url", None),
             **{field: getattr(args, field, None) for _, field, _ in SERVER_SETTINGS})
         logsetup.configure(settings.log_format)
         match args.command:

@@ -17,6 +17,8 @@ from openai.types import Batch
 
 from ..config import DEFAULT_BASE_URL
 from .progress import TERMINAL, Progress, counts
+
+SUCCESS = "completed"   # the one ending that exits 0
 from .session import ClientError, open_client, plain_errors
 
 ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
@@ -245,7 +247,7 @@ def _ended(args, batch: Batch, written: dict[str, tuple[Path, int]]) -> int:
               + (f"; {batch.usage.total_tokens:,} tokens" if batch.usage and batch.usage.total_tokens else ""))
         for kind, (path, lines) in written.items():
             print(f"wrote {path} ({lines} {kind} line{'s' if lines != 1 else ''})")
-    if batch.status == "completed":
+    if batch.status == SUCCESS:
         return 0
     reason = f": {_errors(batch)}" if batch.errors and batch.errors.data else ""
     print(f"eventbatch: error: {batch.id} ended {batch.status}{reason}", file=sys.stderr)
@@ -269,6 +271,11 @@ def _errors(batch: Batch) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
+# Every timestamp of the batch object, in the order a batch meets them.
+TIMESTAMPS = ("created_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at", "cancelling_at",
+              "cancelled_at", "expired_at", "expires_at")
+
+
 def _describe(b: Batch) -> str:
     done, total, failed = counts(b)
     lines = [f"{b.id}  {b.status}",
@@ -280,9 +287,9 @@ def _describe(b: Batch) -> str:
     lines.append(f"  input file    {b.input_file_id}")
     if b.output_file_id or b.error_file_id:
         lines.append(f"  output file   {b.output_file_id or '-'}   error file {b.error_file_id or '-'}")
-    for label, ts in (("created", b.created_at), ("in progress", b.in_progress_at), ("finalizing", b.finalizing_at),
-                      ("completed", b.completed_at), ("failed", b.failed_at), ("cancelling", b.cancelling_at),
-                      ("cancelled", b.cancelled_at), ("expired", b.expired_at), ("expires", b.expires_at)):
+    for field in TIMESTAMPS:
+        ts = getattr(b, field)
+        label = "expires" if field == "expires_at" else field.removesuffix("_at").replace("_", " ")
         if ts is not None:
             lines.append(f"  {label:<13} {_when(ts)}")
     if b.metadata:

@@ -11,7 +11,7 @@ from typing import TextIO
 
 from openai.types import Batch
 
-TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+from ..batch import TERMINAL   # the domain's list: the client and the server agree on what has ended
 RATE_WINDOW_SECONDS = 30.0   # the rate is over the last half minute: it follows a provider's changes
 PLAIN_EVERY_SECONDS = 5.0    # at most one plain line this often, besides status changes and the end
 
@@ -79,7 +79,7 @@ class Progress:
     def _figures(self, batch: Batch) -> dict:
         done, total, failed = counts(batch)
         rate = self.rate.per_second()
-        return {"status": batch.status, "done": done, "total": total, "failed": failed,
+        return {"status": batch.status, "done": done, "total": total, "failures": failed,
                 "rate": "--" if rate is None else f"{rate:,.1f}/s",
                 "eta": clock(self.rate.eta(total - done) if total else None)}
 
@@ -100,7 +100,7 @@ class Progress:
             return
         pct = 100.0 * f["done"] / f["total"] if f["total"] else 0.0
         self.stream.write(f"{batch_id} {f['status']}: {f['done']}/{f['total'] or '?'} done ({pct:.0f}%), "
-                          f"{f['failed']} failed, {f['rate']}, ETA {f['eta']}\n")
+                          f"{f['failures']} failed, {f['rate']}, ETA {f['eta']}\n")
         self.stream.flush()
         self._last_line, self._last_at = (f["status"], f["done"]), now
 
@@ -118,7 +118,7 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task(batch_id, total=None, status="", failed=0, rate="--", eta="--:--")
         self._bar.update(self._task, completed=f["done"], total=f["total"] or None, status=f["status"],
-                         failed=f["failed"], rate=f["rate"], eta=f["eta"])
+                         failed=f["failures"], rate=f["rate"], eta=f["eta"])
 
     def close(self) -> None:
         if self._bar is not None:

@@ -9,7 +9,7 @@
 
 const KEY_ITEM = "eventbatch.apiKey";
 const TERMINAL = new Set(["completed", "failed", "expired", "cancelled"]);
-const CANCELLABLE = new Set(["validating", "in_progress", "finalizing"]);
+const CANCELLABLE = new Set(["validating", "in_progress"]);   // batch.CANCELLABLE: finalizing is past cancelling
 const FEED_LIMIT = 300;            // events kept on screen; the feed itself may be much longer
 const POLL_MS = 2000;
 
