@@ -324,6 +324,26 @@ def unfinished_outcome(kind: str, index: int, custom_id: str,
                             error_code=code, error_message=message)
 
 
+# A chunk whose input lines cannot be read back from storage (its bytes in file_blobs damaged or
+# missing) is given back and tried again this many times in all, then its requests fail with
+# INPUT_UNREADABLE. More than once: a read can meet a piece mid-repair by an operator; bounded: the
+# bytes do not heal by themselves, and a chunk retried forever keeps its batch open (a poison chunk).
+POISON_AFTER = 3
+INPUT_UNREADABLE = "input_unreadable"
+
+
+def unreadable_outcome(index: int, custom_id: str) -> ev.RequestFailed:
+    """The outcome of a request whose input line could not be read back from storage (its chunk
+    failed POISON_AFTER reads). `custom_id` is what could still be read of the line, or "" when
+    nothing could: validation refuses an empty custom_id, so "" never names a real request (the
+    line id, batch_req_…, and the line number in the message still tell the requests apart)."""
+    return ev.RequestFailed(
+        index=index, custom_id=custom_id, error_code=INPUT_UNREADABLE,
+        error_message=f"Request {index + 1} of the input file (counting requests, not blank lines) was not sent: "
+                      "the stored copy of the input file is damaged, so it could not be read back. Upload the file again and "
+                      "create a new batch from it with the requests that failed.")
+
+
 def stop_reason(status: str | None, expires_at: float | None, now: float) -> str | None:
     """Why a worker must stop a batch's requests now: 'cancelled', 'expired', 'ended' (the
     batch is past running for another reason: finished, or gone), or None (keep going)."""

@@ -26,15 +26,7 @@ from .scheduler import Parked, ProviderScheduler, RetryState
 log = structlog.get_logger("eventbatch.worker")
 
 FAILED_CHUNK_PAUSE = 1.0     # seconds a chunk whose task failed waits before it is claimed again
-UNREADABLE_TRIES = 3         # reads of a chunk's lines that may fail before its requests fail
 _attempt_list = msgspec.json.Decoder(list[ev.Attempt])
-
-
-def _unreadable_outcome(index: int, custom_id: str, error: str) -> ev.RequestFailed:
-    return ev.RequestFailed(
-        index=index, custom_id=custom_id, error_code="input_unreadable",
-        error_message=f"Request {index} of the input file could not be read back from storage ({error}), so it "
-                      "was not sent. Upload the file again and send its requests in a new batch.")
 
 
 class BatchRun:
@@ -90,7 +82,8 @@ class ChunkRunner:
                 try:
                     lines = await queue.read_chunk(conn, run.input_file_id, chunk.byte_start, chunk.byte_end,
                                                    chunk.count)
-                except Exception as exc:
+                except queue.ChunkUnreadable as exc:
+                    # Damaged bytes only: a database error is not the chunk's fault and spends no try.
                     await self._unreadable(conn, chunk, run, exc)
                     return
                 settled = await store.settled_indexes(conn, run.id, chunk.first_index,
@@ -158,14 +151,14 @@ class ChunkRunner:
         tries = await queue.read_failures(conn, chunk.batch_id, chunk.chunk_no) + 1
         log.error("chunk_unreadable", batch_id=chunk.batch_id, chunk=chunk.chunk_no, tries=tries,
                   error=type(exc).__name__, detail=str(exc)[:300])
-        if tries < UNREADABLE_TRIES:
+        if tries < domain.POISON_AFTER:
             await queue.read_failed(conn, chunk.batch_id, chunk.chunk_no, self.owner, chunk.epoch,
                                     delay=FAILED_CHUNK_PAUSE * 4 ** (tries - 1))
             chunk.lost = True     # given back by that statement: nothing more to do with it
             return
         settled = await store.settled_indexes(conn, run.id, chunk.first_index, chunk.first_index + chunk.count)
         custom_ids = await queue.custom_ids(conn, run.input_file_id, chunk.byte_start, chunk.byte_end, chunk.count)
-        failed = [_unreadable_outcome(chunk.first_index + i, cid, type(exc).__name__)
+        failed = [domain.unreadable_outcome(chunk.first_index + i, cid)
                   for i, cid in enumerate(custom_ids) if chunk.first_index + i not in settled]
         chunk.remaining = len(failed)
         for outcome in failed:

@@ -17,6 +17,7 @@ from ..metrics import CLAIM_STATEMENTS
 from .providers import Route
 from ..sql import Q
 from ..validation import iter_chunk_lines
+from ..validation.lines import BAD_JSON
 
 _RUNNABLE = sorted(RUNNABLE)
 
@@ -125,10 +126,21 @@ async def custom_ids(conn, file_id: str, start: int, end: int, count: int) -> li
     return (ids + [""] * count)[:count]
 
 
+class ChunkUnreadable(Exception):
+    """The chunk's stored bytes do not hold its requests (damaged or missing): the chunk's fault,
+    unlike a database error while reading them."""
+
+
 async def read_chunk(conn, file_id: str, start: int, end: int, count: int) -> list:
-    """The request lines of a chunk; an error, never an empty list, when the bytes are missing."""
-    lines = list(iter_chunk_lines(await blobs.read_range(conn, file_id, start, end)))
+    """The request lines of a chunk; ChunkUnreadable, never an empty list, when the bytes are
+    missing or damaged."""
+    data = await blobs.read_range(conn, file_id, start, end)
+    try:
+        lines = list(iter_chunk_lines(data))
+    except BAD_JSON as exc:
+        raise ChunkUnreadable(f"input file {file_id}: bytes {start}-{end} do not decode as the request lines "
+                              f"validation accepted ({exc}); the stored file is damaged") from exc
     if len(lines) != count:
-        raise RuntimeError(f"input file {file_id}: bytes {start}-{end} hold {len(lines)} requests, "
-                           f"expected {count}; the stored file is damaged")
+        raise ChunkUnreadable(f"input file {file_id}: bytes {start}-{end} hold {len(lines)} requests, "
+                              f"expected {count}; the stored file is damaged")
     return lines
