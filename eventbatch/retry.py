@@ -59,8 +59,11 @@ async def failed_lines(conn: asyncpg.Connection, state: BatchState) -> AsyncIter
                             "and create a batch from that file.")
         lines = request_lines(raw, c.first_index)
         if len(lines) != c.count:
-            raise RuntimeError(f"input file {state.input_file_id}: bytes {c.byte_start}-{c.byte_end} hold "
-                               f"{len(lines)} requests, expected {c.count}; the stored file is damaged")
+            # Damaged where it is stored (its requests failed input_unreadable): a 409 that says
+            # what to do, not a 500.
+            raise InputGone(f"The stored copy of the input file '{state.input_file_id}' of batch '{state.id}' is "
+                            "damaged, so its failed lines cannot be copied. Upload the file again and create a "
+                            "batch from it.")
         wanted = set(failed[lo:hi])
         for index, line in lines:
             if index in wanted:

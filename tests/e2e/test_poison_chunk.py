@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import json
 import time
+import urllib.error
+import urllib.request
 
 import openai
+import pytest
 
 from conftest import UPSTREAM_KEY, chat_line, jsonl, start_server, wait_status
 from eventbatch import batch as domain
@@ -86,3 +89,27 @@ def test_a_damaged_batch_past_its_window_still_expires(start_proc, new_key, fres
     assert {e["error"]["code"] for e in damaged} <= {domain.BATCH_EXPIRED, domain.INPUT_UNREADABLE}
     assert domain.BATCH_EXPIRED in {e["error"]["code"] for e in damaged}   # the window ended it, mid-tries
     assert worker.log().count('"chunk_unreadable"') < domain.POISON_AFTER
+
+
+def test_retrying_a_batch_whose_stored_lines_no_longer_add_up_is_a_409_that_says_what_to_do(start_proc, new_key,
+                                                                                               fresh_db, mock):
+    iso = fresh_db()
+    api = start_server(start_proc, mock.base_url, role="api", EVENTBATCH_CHUNK_SIZE="50", db_url=iso.url)
+    key = new_key(db_url=iso.url)
+    client = make_client(api, key)
+    b, file_id = validated_batch(client, [chat_line(i) for i in range(100)])
+    chunk = iso.fetch("SELECT byte_start FROM work_chunks WHERE batch_id = $1 AND chunk_no = 1", b.id)[0]
+    # a newline inside the garbage: the second chunk's bytes now hold 51 lines
+    iso.execute("UPDATE file_blobs SET data = overlay(data placing '\\x2a0a2a2a'::bytea from $2 + 1) "
+                "WHERE file_id = $1 AND piece = 0", file_id, chunk["byte_start"])
+    start_proc("worker", db_url=iso.url, EVENTBATCH_UPSTREAM_URL=mock.base_url, EVENTBATCH_UPSTREAM_API_KEY=UPSTREAM_KEY)
+    done = wait_status(client, b.id, {"completed", "failed", "expired", "cancelled"}, timeout=30)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (50, 50)
+    request = urllib.request.Request(f"{api.base_url}/batches/{b.id}/retry", data=b"{}", method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 409
+    message = json.loads(refused.value.read())["error"]["message"]
+    assert "damaged" in message and "Upload the file again" in message
