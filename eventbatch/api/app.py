@@ -17,7 +17,7 @@ from ..pool import api_profile, bounded_waits, unavailable
 from ..worker.providers import configured_model_check
 from . import auth, batch_events, batches, dashboard, files, health, results, retry, uploads
 from .idempotency import idempotency_middleware
-from .errors import ApiError, ClientGone, error_response, parse_error_reason
+from .errors import ApiError, ClientGone, error_response, parse_error_reason, payload_error
 from .state import POOL, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS, spawn
 
 log = structlog.get_logger("eventbatch.api")
@@ -48,6 +48,12 @@ async def errors_middleware(request: web.Request, handler):
         HTTP_REQUESTS.inc(request.method, route, 499)
         log.info(exc.event, method=request.method, route=route, request_id=request_id, **exc.fields)
         return web.Response(status=499)
+    except web.RequestPayloadError as exc:
+        # A body whose bytes do not decode (Content-Encoding, chunked framing), read by any handler.
+        response = payload_error(exc).response()
+        # The rest of the body cannot be read either: mark it ended, or aiohttp, draining it
+        # after the answer, logs the same error again as an unhandled exception.
+        request.content.feed_eof()
     except HttpProcessingError as exc:
         # A body aiohttp could not parse (bad chunked encoding, malformed multipart, …).
         response = error_response(400, f"The request body could not be parsed: {parse_error_reason(exc)}.")

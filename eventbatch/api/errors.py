@@ -62,7 +62,9 @@ class ClientGone(Exception):
 def parse_error_reason(exc: Exception) -> str:
     """What was wrong, for an aiohttp parser error, in words a person can act on (the parser's
     own message repeats the offending bytes)."""
-    from aiohttp.http_exceptions import InvalidHeader, InvalidURLError, LineTooLong
+    from aiohttp.http_exceptions import ContentEncodingError, InvalidHeader, InvalidURLError, LineTooLong
+    if isinstance(exc, ContentEncodingError) or "content-encoding" in str(exc).lower():
+        return content_encoding_reason(exc)
     if isinstance(exc, LineTooLong):
         return "a line is longer than 8,190 bytes (ids, query strings, headers and filenames must be shorter)"
     if isinstance(exc, InvalidURLError) or "url" in str(exc).lower():
@@ -70,6 +72,29 @@ def parse_error_reason(exc: Exception) -> str:
     if isinstance(exc, InvalidHeader) or "header" in str(exc).lower():
         return "a header holds control characters or bytes outside printable ASCII"
     return "it is not well-formed HTTP"
+
+
+def content_encoding_reason(exc: Exception) -> str:
+    # Checked before the header case: the parser's words for an encoding it lacks ("brotli (br)")
+    # come while it reads the headers, but what the client must change is the encoding.
+    text = str(exc).lower()
+    if "(br)" in text or "(zstd)" in text:
+        return ("the body's Content-Encoding is not supported here; send it uncompressed, or as gzip or deflate "
+                "with a matching Content-Encoding header")
+    return ("the body does not decode as its Content-Encoding header says; send it uncompressed (without "
+            "Content-Encoding) or compressed exactly as that header names (gzip or deflate)")
+
+
+def payload_error(exc: Exception, param: str | None = None) -> ApiError:
+    """A 400 for aiohttp's RequestPayloadError: the body's bytes could not be turned into the body
+    (bad compression, bad chunked framing). The parser's own error is its cause."""
+    cause = exc.__cause__ or exc
+    if "content-encoding" in f"{cause} {exc}".lower():
+        reason = content_encoding_reason(cause)
+    else:
+        reason = ("it is not well-formed (bad chunked framing, or fewer bytes than its Content-Length); "
+                  "send the whole body again")
+    return ApiError(400, f"The request body could not be read: {reason}.", param=param, close_connection=True)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:

@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import blobs, files as file_commands
@@ -42,8 +43,8 @@ class PartReader:
     seconds of the one before (of the start, for the first): a client that sends slower is cut
     off with 408 instead of keeping its upload open for as long as it likes."""
 
-    def __init__(self, reader: MultipartReader, timeout: float):
-        self.reader, self.timeout = reader, timeout
+    def __init__(self, reader: MultipartReader, timeout: float, boundary: str = ""):
+        self.reader, self.timeout, self.boundary = reader, timeout, boundary
         self.received = 0   # bytes of part content read so far, for the log of an abandoned upload
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + timeout
@@ -61,6 +62,22 @@ class PartReader:
                               param="file") from None
         except ConnectionResetError:
             raise ClientGone("upload_abandoned", bytes_received=self.received) from None
+        except ValueError as exc:
+            # aiohttp's multipart reader says a body is badly framed with a ValueError.
+            raise self._framing_error(str(exc)) from None
+
+    def _framing_error(self, what: str) -> ApiError:
+        b = self.boundary
+        if "starting boundary" in what:
+            message = (f"The multipart body does not begin with its starting boundary '--{b}' (Content-Type says "
+                       f"boundary={b}). Send a multipart/form-data body framed by that boundary.")
+        elif "after EOF" in what or "did not read all" in what:
+            message = (f"The multipart body ends before its closing boundary '--{b}--' (Content-Type says "
+                       f"boundary={b}): it was cut short. Send the whole body, ending with '--{b}--'.")
+        else:
+            message = (f"The multipart body is not framed by its boundary '--{b}' (Content-Type says "
+                       f"boundary={b}): a boundary line is malformed. Send a well-formed multipart/form-data body.")
+        return bad_request(message, param="file")
 
     def _count(self, n: int) -> None:
         before = self.received // blobs.PIECE
@@ -105,7 +122,8 @@ async def create_file(request: web.Request) -> web.Response:
         body = await multipart(request)   # hashes the parts when there is an Idempotency-Key
     except (ValueError, KeyError):   # no boundary, or a bad one
         raise bad_request("The multipart body needs a boundary in its Content-Type header.", param="file") from None
-    reader = PartReader(body, request.app[SETTINGS].upload_read_timeout_seconds)
+    boundary = parse_mimetype(request.headers.get("Content-Type", "")).parameters.get("boundary", "")
+    reader = PartReader(body, request.app[SETTINGS].upload_read_timeout_seconds, boundary)
     pool = request.app[POOL]
     stored: tuple[str, int] | None = None
     try:

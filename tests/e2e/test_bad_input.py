@@ -233,3 +233,47 @@ def test_a_client_that_leaves_mid_upload_is_one_quiet_line(server, key):
     assert_no_traceback_since(server, mark)
     status, _, listed = get(server, key, b"/v1/files")
     assert json.loads(listed)["data"] == []
+
+
+_PURPOSE = b'--fz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+_FILE_HEAD = b'--fz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+
+
+@pytest.mark.parametrize("body,says", [
+    (_PURPOSE + _FILE_HEAD + b"{}", "closing boundary"),                        # no closing boundary at all
+    (_PURPOSE + _FILE_HEAD + b"{}\r\n--fz\r\n", "closing boundary"),            # the last boundary lacks its '--'
+    (_PURPOSE + b"--fz\r\nContent-Disposition: form-data; name=", "closing boundary"),   # ends inside a part's headers
+    (b"garbage", "starting boundary"),                                          # no starting boundary
+    (b"", "starting boundary"),                                                 # no body at all
+])
+def test_a_truncated_or_unframed_multipart_body_is_a_400(server, key, body, says):
+    mark = len(server.log())
+    err = envelope(get(server, key, b"/v1/files", b"POST", b"Content-Type: multipart/form-data; boundary=fz\r\n",
+                       body), 400, "file")
+    assert says in err["message"] and "boundary=fz" in err["message"], err
+    assert_no_traceback_since(server, mark)
+    status, _, listed = get(server, key, b"/v1/files")
+    assert status == 200 and json.loads(listed)["data"] == []
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate", b"br"])
+@pytest.mark.parametrize("route,content_type", [
+    (b"/v1/files", b"multipart/form-data; boundary=fz"),
+    (b"/v1/batches", b"application/json"),
+])
+def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_400(server, key, encoding, route, content_type):
+    mark = len(server.log())
+    err = envelope(get(server, key, route, b"POST", b"Content-Type: " + content_type + b"\r\n"
+                       b"Content-Encoding: " + encoding + b"\r\n", b"notcompressed" * 10), 400)
+    assert "Content-Encoding" in err["message"], err
+    assert_no_traceback_since(server, mark)
+
+
+def test_a_well_compressed_json_body_still_works(server, key, client):
+    import gzip
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    body = gzip.compress(json.dumps({"input_file_id": f.id, "endpoint": "/v1/chat/completions",
+                                     "completion_window": "24h"}).encode())
+    status, _, answer = get(server, client.api_key, b"/v1/batches", b"POST",
+                            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", body)
+    assert status == 200, answer
