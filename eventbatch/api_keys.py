@@ -109,6 +109,15 @@ async def authenticate(conn, key: str) -> tuple[str, str] | None:
     return None if row is None else (row["id"], row["project"])
 
 
+async def usable_key_hashes(conn) -> frozenset[str]:
+    """The SHA-256 of every key not revoked (see api/auth.py's KeyDirectory)."""
+    return frozenset(r["key_hash"] for r in await conn.fetch(Q.key_hashes_usable))
+
+
+def hash_of(key: str) -> str:
+    return ids.key_hash(key)
+
+
 async def project_for_key(conn, key: str) -> str | None:
     found = await authenticate(conn, key)
     return None if found is None else found[1]

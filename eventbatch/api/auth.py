@@ -4,7 +4,13 @@ Two things stand in front of the database:
 - a cache of keys found good, each entry trusted for CACHE_SECONDS only, so that a key revoked
   (`eventbatch keys revoke`, in any process) is refused by every API process within 5 s;
 - a throttle of failed authentication per client address (a token bucket): guessing keys costs
-  at most a few database lookups a second, and past that the answer is 429 at once."""
+  at most a few database lookups a second, and past that the answer is 429 at once.
+
+Only failures spend the bucket, and an empty bucket never refuses a good key: behind a proxy or
+NAT every client shares one address, so one client sending junk keys must not lock the others
+out. With the bucket empty, a key is checked against the KeyDirectory (the hashes of every key
+not revoked, one statement every DIRECTORY_SECONDS however many keys arrive) and only a key found
+there is looked up; any other is 429 without touching the database."""
 
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ CACHE_ENTRIES = 10_000
 FAILURES_BURST = 20          # failed authentications an address may have at once …
 FAILURES_PER_SECOND = 2.0    # … and then this many a second
 THROTTLE_ADDRESSES = 10_000
+DIRECTORY_SECONDS = 1.0      # a key created meanwhile gets past an empty bucket at most this much later
 
 
 class KeyCache:
@@ -87,14 +94,36 @@ class FailureThrottle:
         self._buckets[address] = (min(self.burst, self._tokens(address, now) + 1), now)
 
 
+class KeyDirectory:
+    """The hashes of the keys not revoked, loaded on demand (only while some address's bucket is
+    empty) and at most once every `ttl` seconds, one load at a time."""
+
+    def __init__(self, ttl: float = DIRECTORY_SECONDS):
+        self.ttl = ttl
+        self._hashes: frozenset[str] = frozenset()
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def may_be_good(self, key: str, load: Callable[[], Awaitable[frozenset[str]]]) -> bool:
+        if not api_keys.well_formed(key):
+            return False
+        if time.monotonic() - self._at >= self.ttl:
+            async with self._lock:
+                if time.monotonic() - self._at >= self.ttl:
+                    self._hashes, self._at = await load(), time.monotonic()
+        return api_keys.hash_of(key) in self._hashes
+
+
 KEY = web.RequestKey("api_key", str)   # the key the request authenticated with (memory only, never logged)
 KEYS = web.AppKey("key_cache", KeyCache)
 THROTTLE = web.AppKey("auth_throttle", FailureThrottle)
+DIRECTORY = web.AppKey("key_directory", KeyDirectory)
 
 
 def install(app: web.Application) -> None:
     app[KEYS] = KeyCache()
     app[THROTTLE] = FailureThrottle()
+    app[DIRECTORY] = KeyDirectory()
 
 
 @web.middleware
@@ -134,21 +163,31 @@ async def still_authorized(request: web.Request) -> bool:
 
 async def _look_up(request: web.Request, key: str) -> str:
     throttle, address = request.app[THROTTLE], request.remote or "-"
-    wait = throttle.take(address)
+    pool = request.app[POOL]
+    wait = throttle.take(address)     # a try reserved; given back below unless the key is bad
     if wait > 0:
-        retry = max(1, math.ceil(wait))
-        raise ApiError(429, f"Too many requests with an incorrect API key from your address. Wait {retry} "
-                            "second(s), then retry with a valid key.", code="rate_limit_exceeded",
-                       headers={"Retry-After": str(retry)})
+        # The address's tries are used up, maybe by someone else behind the same address: a
+        # good key still gets in, checked against the directory first so that bad ones cost
+        # no lookup each.
+        async def load() -> frozenset[str]:
+            async with pool.acquire() as conn:
+                return await api_keys.usable_key_hashes(conn)
+        if not await request.app[DIRECTORY].may_be_good(key, load):
+            retry = max(1, math.ceil(wait))
+            raise ApiError(429, f"Too many requests with an incorrect API key from your address. Wait {retry} "
+                                "second(s), then retry with a valid key.", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(retry)})
     try:
-        async with request.app[POOL].acquire() as conn:
+        async with pool.acquire() as conn:
             project = await api_keys.project_for_key(conn, key)
     except BaseException:
-        throttle.give_back(address)     # not the key's fault (the database is away): no failure
+        if wait == 0:
+            throttle.give_back(address)     # not the key's fault (the database is away): no failure
         raise
     if project is None:
         raise ApiError(401, "Incorrect API key provided. Create one with 'eventbatch keys create --project NAME'.",
                        code="invalid_api_key")
-    throttle.give_back(address)
+    if wait == 0:
+        throttle.give_back(address)
     request.app[KEYS].put(key, project)
     return project

@@ -24,3 +24,8 @@ SELECT doc FROM api_keys WHERE id = $1 FOR UPDATE
 SELECT k.doc, s.last_used_at FROM api_keys k LEFT JOIN api_key_secrets s ON s.key_id = k.id
 WHERE $1::text IS NULL OR k.project = $1
 ORDER BY k.seq
+
+-- key_hashes_usable --
+-- The SHA-256 of every key that is not revoked: what an address whose failed tries are used up
+-- is checked against, in one statement every few seconds however many keys it sends.
+SELECT s.key_hash FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE NOT k.revoked

@@ -186,3 +186,44 @@ def test_guessing_keys_is_throttled_per_address(lone_api, new_key):
     while status_of(lone_api.base_url, key) != 200:
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_bad_keys_from_an_address_do_not_lock_its_good_keys_out(start_proc, mock, new_key):
+    """Behind a proxy or NAT every client shares one address: one client flooding bad keys must not
+    get the others 429 (the audit's S8). A process of its own, so its throttle starts full and
+    every key is uncached there; the good keys are polled past the key cache's lifetime."""
+    from eventbatch.api.auth import CACHE_SECONDS, DIRECTORY_SECONDS
+    api = start_server(start_proc, mock.base_url, role="api")
+    good = new_key()
+    stop = threading.Event()
+    flood: list[int] = []
+
+    def attack():
+        while not stop.is_set():
+            flood.append(status_of(api.base_url, ids.api_key()))   # well formed: each would need a lookup
+
+    attackers = [threading.Thread(target=attack) for _ in range(4)]
+    for t in attackers:
+        t.start()
+    try:
+        deadline = time.monotonic() + 1
+        while flood.count(429) < 20 and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        assert flood.count(429) >= 20, "the flood is not throttled"
+        victim: list[int] = []
+        newcomer, newcomer_codes = new_key(), []   # created mid-flood, never seen by this process
+        created = time.monotonic()
+        end = created + 3 * CACHE_SECONDS + 1
+        while time.monotonic() < end:
+            victim.append(status_of(api.base_url, good))
+            newcomer_codes.append((time.monotonic() - created, status_of(api.base_url, newcomer)))
+            time.sleep(0.4)
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join()
+    assert victim and set(victim) == {200}, victim
+    # a key created during the flood gets in once the directory of good keys is reloaded
+    assert {code for at, code in newcomer_codes if at > DIRECTORY_SECONDS + 0.5} == {200}, newcomer_codes
+    # bad keys still cost few lookups: every 401 was one, a 429 none
+    assert set(flood) <= {401, 429} and flood.count(429) > 10 * flood.count(401), (flood.count(401), len(flood))
