@@ -44,10 +44,7 @@ async def errors_middleware(request: web.Request, handler):
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         response = error_response(exc.status, messages.get(exc.status, exc.reason), headers=allow)
     except ClientGone as exc:
-        # Nobody is left to answer: one line, and the metric (as 499, the usual mark of it).
-        HTTP_REQUESTS.inc(request.method, route, 499)
-        log.info(exc.event, method=request.method, route=route, request_id=request_id, **exc.fields)
-        return web.Response(status=499)
+        return _client_gone(request, route, request_id, exc.event, **exc.fields)
     except web.RequestPayloadError as exc:
         # A body whose bytes do not decode (Content-Encoding, chunked framing), read by any handler.
         response = payload_error(exc).response()
@@ -60,6 +57,10 @@ async def errors_middleware(request: web.Request, handler):
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+            # aiohttp's word for a client that hung up while its body was read (any route that
+            # reads one, POST /v1/batches among them): nothing went wrong here.
+            return _client_gone(request, route, request_id, "request_abandoned")
         if unavailable(exc):
             # Down, unreachable or stalled (pool.py): the client should come back, not report a bug.
             log.warning("database_unavailable", method=request.method, route=route, request_id=request_id,
@@ -76,6 +77,13 @@ async def errors_middleware(request: web.Request, handler):
         log.info("http_request", method=request.method, route=route, status=response.status,
                  duration_ms=round((time.perf_counter() - start) * 1000, 2), request_id=request_id)
     return response
+
+
+def _client_gone(request: web.Request, route: str, request_id: str, event: str, **fields) -> web.Response:
+    # Nobody is left to answer: one line, and the metric (as 499, the usual mark of it).
+    HTTP_REQUESTS.inc(request.method, route, 499)
+    log.info(event, method=request.method, route=route, request_id=request_id, **fields)
+    return web.Response(status=499)
 
 
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # polled every few seconds: counted, not logged

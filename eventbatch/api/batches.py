@@ -53,6 +53,9 @@ async def decode_json(request: web.Request, decoder: msgspec.json.Decoder):
         if m := _UNKNOWN.search(text):
             field = ".".join(p for p in (param, m.group(1)) if p)
             raise bad_request(f"Unrecognized request argument supplied: '{field}'.", param=field) from None
+        if param is None:   # the body itself is not an object ('[]', '"x"', '3'): msgspec names no field
+            raise bad_request("The request body must be a JSON object, such as {\"input_file_id\": \"file-…\", "
+                              "\"endpoint\": \"/v1/chat/completions\", \"completion_window\": \"24h\"}.") from None
         raise bad_request(f"Invalid type for '{param}': {text.split(' - at')[0]}.", param=param) from None
     except msgspec.DecodeError:
         raise bad_request("We could not parse the JSON body of your request. Send valid JSON "

@@ -277,3 +277,43 @@ def test_a_well_compressed_json_body_still_works(server, key, client):
     status, _, answer = get(server, client.api_key, b"/v1/batches", b"POST",
                             b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", body)
     assert status == 200, answer
+
+
+@pytest.mark.parametrize("body", [b"[]", b'[{"input_file_id": "file-x"}]', b'"batch"', b"3", b"null"])
+def test_a_json_body_that_is_not_an_object_says_so(server, key, body):
+    err = envelope(get(server, key, b"/v1/batches", b"POST", b"Content-Type: application/json\r\n", body), 400, None)
+    assert err["message"].startswith("The request body must be a JSON object"), err
+    assert "None" not in err["message"], err
+
+
+def _metric(server, route: str, status: int) -> float:
+    import urllib.request
+    with urllib.request.urlopen(server.base_url.rsplit("/v1", 1)[0] + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("eventbatch_http_requests_total{") and f'route="{route}"' in line \
+                and f'status="{status}"' in line and 'method="POST"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_client_that_leaves_mid_json_body_is_one_quiet_line(server, key):
+    mark = len(server.log())
+    before_499, before_500 = _metric(server, "/v1/batches", 499), _metric(server, "/v1/batches", 500)
+    tag = "req_gone_" + uuid.uuid4().hex[:8]
+    head = (b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() + b"\r\n"
+            b"x-request-id: " + tag.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    with socket.create_connection(host_port(server)) as s:
+        s.sendall(head + b'{"input_file_id": ')
+        time.sleep(0.3)
+    deadline = time.time() + 10
+    while tag not in server.log()[mark:] and time.time() < deadline:
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in server.log()[mark:].splitlines() if tag in line]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "info" and lines[0]["event"] == "request_abandoned", lines
+    assert_no_traceback_since(server, mark)
+    assert _metric(server, "/v1/batches", 499) == before_499 + 1
+    assert _metric(server, "/v1/batches", 500) == before_500
