@@ -137,9 +137,17 @@ async def replay(settings: Settings, batch_id: str, *, as_json: bool, requests: 
                 out.write(enc.encode({"summary": summary}).decode() + "\n")
             else:
                 out.write(f"-- {batch_id}: {summary['status']}; {succeeded} succeeded, {failed} failed, "
-                          f"{retried} retried; {attempts} upstream attempts, mean {summary['mean_attempt_ms']} ms; "
+                          f"{retried} retried; {_attempts_said(attempts, summary['mean_attempt_ms'])}; "
                           f"{duration:.3f}s from first to last event"
                           f"{f'; {webhook_attempts} webhook attempt(s)' if webhook_attempts else ''}\n")
     finally:
         await pool.close()
     return 0
+
+
+def _attempts_said(attempts: int, mean_ms: float | None) -> str:
+    # A batch that never reached the provider (it failed validation, was cancelled first) has
+    # no mean to tell: "mean None ms" reads like a bug.
+    if not attempts:
+        return "no upstream attempts"
+    return f"{attempts} upstream attempt{'s' if attempts != 1 else ''}, mean {mean_ms} ms"

@@ -67,3 +67,16 @@ def test_replay_of_an_unknown_batch_is_one_clear_line(database_url):
     r = replay(database_url, "batch_doesnotexist")
     assert r.returncode == 2
     assert len(said_lines(r.stderr)) == 1 and "batch_doesnotexist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_replay_of_a_batch_that_never_reached_the_provider_says_so(client, database_url):
+    # a file that fails validation: no request is sent upstream, so there is no mean to print
+    f = client.files.create(file=("bad.jsonl", io.BytesIO(b"{not json\n")), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_status(client, b.id, {"failed"})
+    r = replay(database_url, b.id)
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith(f"-- {b.id}: failed;") and "no upstream attempts" in last and "None" not in last, last
+    summary = json.loads(replay(database_url, b.id, "--json").stdout.splitlines()[-1])["summary"]
+    assert summary["upstream_attempts"] == 0 and summary["mean_attempt_ms"] is None
