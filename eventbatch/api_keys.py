@@ -132,10 +132,29 @@ def _when(seconds: int | float | dt.datetime | None) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+MAX_PROJECT_CHARS = 128
+
+
+def project_name(value: str, what: str) -> str:
+    """A project name given on the command line, stripped; refused in one line when it is empty,
+    over MAX_PROJECT_CHARS, or holds characters that are not printable (control bytes, line
+    breaks): the name reaches console logs and `keys list`, where those would garble the line."""
+    name = value.strip()
+    if not name:
+        raise SettingsError(f"--project must not be empty; name the project {what}.")
+    if len(name) > MAX_PROJECT_CHARS:
+        raise SettingsError(f"--project is {len(name)} characters long; a project name is at most "
+                            f"{MAX_PROJECT_CHARS}. Use a shorter name.")
+    if not name.isprintable():
+        raise SettingsError("--project holds control characters or line breaks; use printable characters only "
+                            "(letters, digits, spaces, punctuation).")
+    return name
+
+
 async def keys_command(settings: Settings, args) -> int:
     """`eventbatch keys create | list | revoke`."""
-    if args.keys_command == "create" and not args.project.strip():
-        raise SettingsError("--project must not be empty; name the project (tenant) the key belongs to.")
+    if args.keys_command == "create":
+        args.project = project_name(args.project, "(tenant) the key belongs to")
     pool = await db.open_database(settings, max_size=1)
     try:
         async with pool.acquire() as conn:

@@ -179,9 +179,8 @@ async def webhooks_command(settings: Settings, args) -> int:
     """`eventbatch webhooks add | list | remove`."""
     from . import db
     if args.webhooks_command == "add":
-        project = args.project.strip()
-        if not project:
-            raise SettingsError("--project must not be empty; name the project whose batches it hears of.")
+        from .api_keys import project_name
+        project = project_name(args.project, "whose batches it hears of")
         url, types = check_url(args.url), parse_event_types(args.events)
     pool = await db.open_database(settings, max_size=1)
     try:

@@ -227,3 +227,14 @@ def test_bad_keys_from_an_address_do_not_lock_its_good_keys_out(start_proc, mock
     assert {code for at, code in newcomer_codes if at > DIRECTORY_SECONDS + 0.5} == {200}, newcomer_codes
     # bad keys still cost few lookups: every 401 was one, a 429 none
     assert set(flood) <= {401, 429} and flood.count(429) > 10 * flood.count(401), (flood.count(401), len(flood))
+
+
+@pytest.mark.parametrize("command", [("keys", "create"), ("webhooks", "add", "--url", "http://127.0.0.1:9/h")])
+@pytest.mark.parametrize("project,words", [("a\x01b", "control characters"), ("line\nbreak", "control characters"),
+                                           ("p" * 5000, "5000 characters"), ("  ", "must not be empty")])
+def test_a_bad_project_name_is_refused_in_one_line(database_url, command, project, words):
+    r = subprocess.run([sys.executable, "-m", "eventbatch", *command, "--project", project], cwd=ROOT,
+                       capture_output=True, text=True, env=base_env(database_url), timeout=60)
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert len(said_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
+    assert not [k for k in listed(database_url) if k["project"] == project.strip()]
