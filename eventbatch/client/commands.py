@@ -15,14 +15,13 @@ from pathlib import Path
 import openai
 from openai.types import Batch
 
+from ..batch import ENDPOINTS
 from ..config import DEFAULT_BASE_URL
 from .progress import TERMINAL, Progress, counts
 
 SUCCESS = "completed"   # the one ending that exits 0
 from .session import ClientError, open_client, plain_errors
 
-ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/moderations",
-             "/v1/images/generations", "/v1/images/edits", "/v1/videos")
 
 
 def _client_options(p: argparse.ArgumentParser, *, top: bool = False) -> None:
