@@ -124,8 +124,10 @@ def test_a_claim_costs_the_same_with_ten_times_the_backlog(fresh_db):
                         "ORDER BY turn, expires_at LIMIT 32",
                         "EXPLAIN SELECT chunk_no FROM work_chunks WHERE batch_id = 'x' AND NOT done "
                         "ORDER BY chunk_no LIMIT 1"):
-                await pool.execute("SET enable_seqscan = off")   # tiny tables: ask what the index gives
-                text = "\n".join(r[0] for r in await pool.fetch(sql))
+                async with pool.acquire() as conn:   # the SET and the EXPLAIN on one session
+                    await conn.execute("SET enable_seqscan = off")   # tiny tables: ask what the index gives
+                    text = "\n".join(r[0] for r in await conn.fetch(sql))
+                    await conn.execute("RESET enable_seqscan")
                 assert "Index" in text and "Sort" not in text, text
         finally:
             await pool.close()
