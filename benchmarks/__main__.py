@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = ("validate", "drain", "append", "rebuild", "read_latency", "memory", "output_storage", "fairness",
-              "open_batches")
+              "open_batches", "outage", "adaptive")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

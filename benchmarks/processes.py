@@ -67,6 +67,15 @@ class Processes:
                    f"http://127.0.0.1:{port}/_mock/stats")
         return f"http://127.0.0.1:{port}/v1"
 
+    def mock_with_control(self, database_url: str, *args: str) -> tuple[str, str]:
+        """`eventbatch mock-upstream ARGS` with a control port of its own (up during an outage);
+        returns its base URL (with /v1) and its control root (POST {root}/_mock/config)."""
+        port, control = free_port(), free_port()
+        self.start("mock", [sys.executable, "-m", "eventbatch", "mock-upstream", "--port", str(port),
+                            "--control-port", str(control), *args], eventbatch_env(database_url),
+                   f"http://127.0.0.1:{control}/_mock/stats")
+        return f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{control}"
+
     def eventbatch(self, role: str, database_url: str, upstream_url: str | None = None,
                    concurrency: int = 64) -> tuple[subprocess.Popen, str | None]:
         """`eventbatch serve | api | worker`; returns the process and the API base URL (None for a worker)."""

@@ -104,8 +104,6 @@ PROVIDER_PAUSED = Gauge("eventbatch_provider_paused",
 PROVIDER_CONCURRENCY = Gauge("eventbatch_provider_concurrency",
                              "Requests this worker may have in flight to the provider now (adapted to its 429s, "
                              "at most its configured concurrency).", ("provider",))
-PROVIDER_IN_FLIGHT = Gauge("eventbatch_provider_in_flight", "Requests this worker has in flight to the provider.",
-                           ("provider",))
 
 
 class _Snapshot:

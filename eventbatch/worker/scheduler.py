@@ -32,7 +32,7 @@ import aiohttp
 import structlog
 
 from .. import events as ev
-from ..metrics import PROVIDER_CONCURRENCY, PROVIDER_IN_FLIGHT, PROVIDER_PAUSED, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
+from ..metrics import PROVIDER_CONCURRENCY, PROVIDER_PAUSED, UPSTREAM_ATTEMPTS, UPSTREAM_LATENCY
 from . import upstream
 from .budget import MinuteBudget, estimate_tokens
 from .fairshare import FairSlots
@@ -112,6 +112,7 @@ class ProviderScheduler:
         self.paused_at = 0.0
         self._streak: set = set()       # requests failing in a row since the provider last answered
         self._probe: asyncio.Task | None = None
+        self._shown: tuple | None = None
         self._publish()
 
     # --- state ---------------------------------------------------------------------------------
@@ -127,10 +128,12 @@ class ProviderScheduler:
         return min(high, max(low, time.monotonic() - self.paused_at))
 
     def _publish(self) -> None:
-        name = self.provider.name
-        PROVIDER_PAUSED.set(name, value=1.0 if self.state == PAUSED else 0.0)
-        PROVIDER_CONCURRENCY.set(name, value=float(self.slots.limit))
-        PROVIDER_IN_FLIGHT.set(name, value=float(self.slots.busy))
+        """The state on /metrics, when it changed (a gauge set costs a lock: not per request)."""
+        shown = (self.state == PAUSED, self.slots.limit)
+        if shown != self._shown:
+            self._shown = shown
+            PROVIDER_PAUSED.set(self.provider.name, value=1.0 if shown[0] else 0.0)
+            PROVIDER_CONCURRENCY.set(self.provider.name, value=float(shown[1]))
 
     def _set_limit(self) -> None:
         self.slots.set_limit(1 if self.state == TRIAL else max(1, int(self.limit)))
@@ -141,6 +144,7 @@ class ProviderScheduler:
         self.state, self.paused_at = PAUSED, time.monotonic()
         self._streak.clear()
         log.warning("provider_paused", provider=self.provider.name)
+        self._publish()
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._probe_until_answered(), name=f"probe-{self.provider.name}")
 
@@ -164,6 +168,7 @@ class ProviderScheduler:
                     self.state = TRIAL
                     self._set_limit()
                     log.info("provider_on_trial", provider=self.provider.name)
+                    self._publish()
                     self.on_resumed()
                 return
             interval = min(PROBE_MAX, interval * 2)
@@ -221,7 +226,6 @@ class ProviderScheduler:
                         self.budget.settle(minute, tokens, 0)
                         return None
                 sent_epoch = self._epoch
-                PROVIDER_IN_FLIGHT.set(self.provider.name, value=float(self.slots.busy))
                 answer = await upstream.send(self._session_of(), self.provider, url, body, timeout=self.timeout,
                                              attempts=state.attempts)
             finally:
