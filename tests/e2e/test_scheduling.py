@@ -202,3 +202,22 @@ def test_a_chunk_whose_lines_cannot_be_read_ends_with_failed_requests(start_proc
     assert sorted(e["custom_id"] for e in err) == sorted([""] + [f"req-{i}" for i in range(51, 100)])
     assert "Upload the file again" in err[0]["error"]["message"]
     assert worker.log().count('"chunk_unreadable"') == 3      # tried a bounded number of times, then ended
+
+
+def test_a_cancel_while_a_request_waits_for_its_retry_ends_at_once_with_its_attempts(start_proc, new_key, iso):
+    mock = start_mock(start_proc)
+    srv = start_server(start_proc, mock.base_url, EVENTBATCH_RETRY_BASE_SECONDS="60", EVENTBATCH_RETRY_MAX_SECONDS="60",
+                       db_url=iso.url)
+    client = make_client(srv, new_key(db_url=iso.url))
+    b = run_batch(client, [chat_line(i) for i in range(10)] + [chat_line(10, mock={"status": 503})])
+    deadline = time.time() + 30
+    while not iso.fetchval("SELECT count(*) FROM request_retries WHERE batch_id = $1", b.id):
+        assert time.time() < deadline, "the failed request was never parked"
+        time.sleep(0.05)
+    t0 = time.time()
+    client.batches.cancel(b.id)
+    done = wait_status(client, b.id, {"cancelled"}, timeout=20)
+    assert time.time() - t0 < 10          # nothing leased: no wait for the retry 30-60 s away
+    assert done.request_counts.completed == 10 and done.request_counts.failed == 1
+    [cut] = outcome_events(iso, b.id, "request_failed")
+    assert cut["error_code"] == "batch_cancelled" and [a["status_code"] for a in cut["attempts"]] == [503]
