@@ -9,11 +9,12 @@ import asyncio
 import signal
 import sys
 import threading
+from urllib.parse import urlsplit
 
 import structlog
 
 from . import db
-from .config import Settings, SettingsError
+from .config import Settings, SettingsError, mask_url
 from .pool import api_profile
 
 log = structlog.get_logger("eventbatch")
@@ -107,8 +108,9 @@ def _check_upstream(settings: Settings, role: str):
     except SettingsError as exc:
         other = " Run `eventbatch api` for the API alone." if role == "serve" else ""
         raise SettingsError(f"`eventbatch {role}` cannot start its worker: {exc}{other}") from None
-    if settings.upstream_url is not None and not settings.upstream_api_key:
-        log.warning("upstream_api_key_empty", upstream_url=settings.upstream_url,
+    if settings.upstream_url is not None and not settings.upstream_api_key \
+            and urlsplit(settings.upstream_url).password is None:   # user:password@ is basic auth: a key
+        log.warning("upstream_api_key_empty", upstream_url=mask_url(settings.upstream_url),
                     message="EVENTBATCH_UPSTREAM_API_KEY is not set: requests go to the provider without a "
                             "key. Set it if the provider needs one.")
     return providers
