@@ -17,6 +17,17 @@ from .config import ENV_NAME, Settings, SettingsError, load_settings
 _DEFAULTS = Settings()
 
 
+
+def port_number(text: str) -> int:
+    """A TCP port for argparse: 0 (pick a free one) to 65535; anything else one clear line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number; give 0 to 65535") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number; give 0 to 65535 (0 picks a free one)")
+    return value
+
 def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -100,11 +111,11 @@ def _parser() -> argparse.ArgumentParser:
         if role == "worker":
             sp.add_argument("--host", default="127.0.0.1",
                             help="address of --metrics-port (default: %(default)s)")
-            sp.add_argument("--metrics-port", dest="port", type=int, metavar="PORT",
+            sp.add_argument("--metrics-port", dest="port", type=port_number, metavar="PORT",
                             help="serve /metrics, /healthz and /readyz on this port (default: none)")
         else:
             sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-            sp.add_argument("--port", type=int, default=8080,
+            sp.add_argument("--port", type=port_number, default=8080,
                             help="port to listen on; 0 picks a free one, logged at start (default: %(default)s)")
         _server_options(sp)
         _migration_option(sp)
@@ -154,8 +165,8 @@ def _mock_parser(sub) -> None:
                                     "setting can also be changed while it runs: POST a JSON object of them "
                                     "to <control URL>/_mock/config.")
     mu.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    mu.add_argument("--port", type=int, default=8081, help="the provider's port, /v1 (default: %(default)s)")
-    mu.add_argument("--control-port", type=int, default=0,
+    mu.add_argument("--port", type=port_number, default=8081, help="the provider's port, /v1 (default: %(default)s)")
+    mu.add_argument("--control-port", type=port_number, default=0,
                     help="port of the /_mock control routes, reachable during an outage; 0 picks a free "
                          "one, printed at start (default: %(default)s)")
     mu.add_argument("--latency-ms", type=float, default=0.0,

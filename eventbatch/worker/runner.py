@@ -42,7 +42,7 @@ class Worker:
         self.settings, self.pool = settings, pool
         self.providers = providers if providers is not None else load_providers(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        backoff = Backoff(settings.retry_base_seconds, settings.retry_max_seconds)
+        backoff = Backoff.for_window(settings)
         # Each provider's scheduler: its slots (shared fairly between the projects and batches
         # held, fairshare.py), adapted to its 429s, and its pause.
         self.schedulers = {p.name: ProviderScheduler(p, lambda: self._session, max_attempts=settings.max_attempts,

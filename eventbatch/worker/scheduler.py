@@ -88,6 +88,15 @@ class Backoff:
     def __init__(self, base: float, cap: float):
         self.base, self.cap = base, cap
 
+    @classmethod
+    def for_window(cls, settings) -> "Backoff":
+        """The settings' backoff, its cap fitted to the window: all of a request's attempts take at
+        most about a quarter of it, so one request its provider always fails ends with its last
+        answer long before expiry (SPEC §7), with a shortened EVENTBATCH_WINDOW_SECONDS too. At the
+        default 24 h window and 10 attempts the cap stays EVENTBATCH_RETRY_MAX_SECONDS."""
+        cap = min(settings.retry_max_seconds, settings.window_seconds / (4 * max(settings.max_attempts, 1)))
+        return cls(min(settings.retry_base_seconds, cap), cap)
+
     def delay(self, n: int) -> float:
         d = min(self.cap, self.base * 2 ** (max(n, 1) - 1))
         return random.uniform(d / 2, d)

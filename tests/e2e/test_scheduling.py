@@ -221,3 +221,23 @@ def test_a_cancel_while_a_request_waits_for_its_retry_ends_at_once_with_its_atte
     assert done.request_counts.completed == 10 and done.request_counts.failed == 1
     [cut] = outcome_events(iso, b.id, "request_failed")
     assert cut["error_code"] == "batch_cancelled" and [a["status_code"] for a in cut["attempts"]] == [503]
+
+
+def test_with_a_short_window_and_default_attempts_a_request_always_answered_500_ends_before_expiry(
+        start_proc, new_key, iso):
+    """SPEC §7 with the window shortened as tests do (and the default EVENTBATCH_MAX_ATTEMPTS): the
+    backoff fits the window, so the request ends with its last 500 long before expiry instead of
+    keeping its batch open until it expires (Backoff.for_window)."""
+    mock = start_mock(start_proc, "--latency-ms", "5")
+    srv = start_server(start_proc, mock.base_url, EVENTBATCH_WINDOW_SECONDS="160", db_url=iso.url)
+    client = make_client(srv, new_key(db_url=iso.url))
+    lines = [chat_line(i) for i in range(50)] + [chat_line(50, mock={"status": 500})]
+    t0 = time.time()
+    b = run_batch(client, lines)
+    done = wait_status(client, b.id, {"completed", "expired"}, timeout=100)
+    assert done.status == "completed" and time.time() - t0 < 100, done.status
+    out, err = assert_invariants(client, iso, b.id, [x["custom_id"] for x in lines])
+    [e] = err
+    assert e["custom_id"] == "req-50" and e["response"]["status_code"] == 500     # its last answer
+    [failed] = outcome_events(iso, b.id, "request_failed")
+    assert [a["status_code"] for a in failed["attempts"]] == [500] * 10              # the default attempts
