@@ -12,10 +12,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import openai
-from openai.types import Batch
+from typing import TYPE_CHECKING
 
 from ..batch import ENDPOINTS
+
+if TYPE_CHECKING:   # openai takes a second to import: only the batch commands that run need it
+    import openai
+    from openai.types import Batch
 from ..config import DEFAULT_BASE_URL
 from .progress import TERMINAL, Progress, counts
 
@@ -120,6 +123,7 @@ def _submit(client: openai.OpenAI, args) -> int:
 
 
 def _retry(client: openai.OpenAI, args) -> int:
+    from openai.types import Batch
     batch = client.post(f"/batches/{args.batch_id}/retry", cast_to=Batch, body={})
     return _created(client, args, batch, f"retrying the failed requests of {args.batch_id} as {batch.id}")
 

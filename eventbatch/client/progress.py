@@ -7,9 +7,10 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from openai.types import Batch
+if TYPE_CHECKING:
+    from openai.types import Batch
 
 from ..batch import TERMINAL   # the domain's list: the client and the server agree on what has ended
 RATE_WINDOW_SECONDS = 30.0   # the rate is over the last half minute: it follows a provider's changes

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
-import openai
+from typing import TYPE_CHECKING, Iterator
 
 from ..config import ClientSettings, SettingsError, load_client_settings
+
+if TYPE_CHECKING:   # openai is imported where a client is made: it takes a second, and every command parses `batch`
+    import openai
 
 
 class ClientError(Exception):
@@ -28,6 +29,7 @@ def open_client(base_url: str | None, api_key: str | None, timeout: float) -> tu
                           "`eventbatch keys create --project NAME`.", status=2)
     # Two retries with backoff on connection errors, 429 and 5xx: a server restarting under a
     # long `watch` is not the end of it.
+    import openai   # here, not at import: every eventbatch command parses `batch`'s options, few run it
     client = openai.OpenAI(base_url=settings.base_url, api_key=settings.api_key, max_retries=2, timeout=timeout)
     return client, settings
 
@@ -46,6 +48,7 @@ def _cause(exc: BaseException) -> str:
 @contextlib.contextmanager
 def plain_errors(base_url: str) -> Iterator[None]:
     """openai's exceptions and file errors as ClientError lines that say what to do."""
+    import openai
     try:
         yield
     except openai.APITimeoutError:
