@@ -171,16 +171,19 @@ def test_a_person_follows_a_batch_in_the_browser(server, new_key, tmp_path):
         # the live feed: every event of the batch, up to its end
         wait_for("the end of the feed",
                  lambda: driver.find_elements(By.CSS_SELECTOR, '#feed li[data-type="batch_completed"]'))
-        outcomes = driver.find_elements(By.CSS_SELECTOR, '#feed li[data-type^="request_"]')
-        assert len(outcomes) == 40
-        types = [li.get_attribute("data-type") for li in driver.find_elements(By.CSS_SELECTOR, "#feed li")]
+        # read in one step in the page (the lists re-render as the page refreshes)
+        types = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#feed li')).map(li => li.dataset.type);")
+        assert sum(t.startswith("request_") for t in types) == 40
         assert types[0] == "batch_created" and types[-1] == "batch_completed"
         screenshot = tmp_path / "dashboard-batch.png"
         driver.save_screenshot(str(screenshot))
         print(f"\nscreenshots: {screenshot} and {tmp_path / 'dashboard-list.png'}")
 
         # download the output file: fetched with the key, saved by the browser
-        driver.find_element(By.CSS_SELECTOR, 'button[data-file="output"]').click()
+        # found and clicked in one try, again if the file buttons were re-rendered in between
+        wait_for("a click on the output download",
+                 lambda: driver.find_element(By.CSS_SELECTOR, 'button[data-file="output"]').click() or True)
         saved = driver.downloads / f"{slow.id}_output.jsonl"
         wait_for("the downloaded output file", lambda: saved.exists() and saved.stat().st_size > 0)
         assert len(saved.read_text().splitlines()) == 39
