@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import structlog
 
@@ -23,3 +24,12 @@ def configure(fmt: str | None = None, level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # A library's warning printed raw would be a line that is not JSON in a JSON log. aiohttp
+    # warns of a malformed part header (Content-Disposition) that api/uploads.py answers with a 400
+    # anyway: one structured line instead.
+    warnings.showwarning = _warning_as_log
+
+
+def _warning_as_log(message, category, filename, lineno, file=None, line=None) -> None:
+    structlog.get_logger("eventbatch").warning("python_warning", category=category.__name__,
+                                               message=str(message)[:500], where=f"{filename}:{lineno}")

@@ -205,20 +205,33 @@ def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not answer in {timeout}s:\n{proc.log()}")
 
 
+_PROCS: list[Proc] = []   # every process start_proc started, in order
+
+
 @pytest.fixture(scope="session")
 def start_proc(database_url, tmp_path_factory):
-    procs: list[Proc] = []
     logs = tmp_path_factory.mktemp("logs")
 
     def start(*args: str, http_port: int | None = None, db_url: str | None = None, **env_extra: str) -> Proc:
         p = Proc(list(args), base_env(db_url or database_url, **env_extra), logs / f"{args[0]}-{uuid.uuid4().hex[:6]}.log")
-        procs.append(p)
+        _PROCS.append(p)
         if http_port is not None:
             wait_http(f"http://127.0.0.1:{http_port}/v1/files", p)
         return p
 
     yield start
-    for p in procs:
+    for p in _PROCS:
+        p.stop()
+
+
+@pytest.fixture(autouse=True)
+def _a_tests_processes_end_with_it():
+    """Processes a test (or its function-scoped fixtures) started stop when it ends, so their
+    database connections do not pile up over the session (max_connections). Session and module
+    fixtures are set up before this one: what they started is not the test's and stays."""
+    mark = len(_PROCS)
+    yield
+    for p in _PROCS[mark:]:
         p.stop()
 
 
