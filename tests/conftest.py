@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -231,8 +232,10 @@ def _a_tests_processes_end_with_it():
     fixtures are set up before this one: what they started is not the test's and stays."""
     mark = len(_PROCS)
     yield
+    # SIGKILL: a test that needs a graceful stop asks for it itself; a SIGTERM here would wait out
+    # the worker's drain of requests the session's mock holds open (seconds a test, over hundreds).
     for p in _PROCS[mark:]:
-        p.stop()
+        p.stop(signal.SIGKILL)
 
 
 UPSTREAM_KEY = "canary-upstream-key-7f3a9c1e"  # must reach the mock and nothing else
