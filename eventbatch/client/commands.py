@@ -11,19 +11,18 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ..batch import ENDPOINTS
+from ..config import DEFAULT_BASE_URL
+from .progress import TERMINAL, Progress, counts
+from .session import ClientError, open_client, plain_errors
 
 if TYPE_CHECKING:   # openai takes a second to import: only the batch commands that run need it
     import openai
     from openai.types import Batch
-from ..config import DEFAULT_BASE_URL
-from .progress import TERMINAL, Progress, counts
 
 SUCCESS = "completed"   # the one ending that exits 0
-from .session import ClientError, open_client, plain_errors
 
 
 
