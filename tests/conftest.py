@@ -370,3 +370,14 @@ def said_lines(stderr: str) -> list[str]:
     """What a command said on stderr beyond the notice naming its database (`eventbatch:
     database: …`, which every command that touches the database prints first)."""
     return [x for x in stderr.strip().splitlines() if not x.startswith("eventbatch: database:")]
+
+
+def with_pool(url: str, scenario):
+    """Run `await scenario(pool)` with a small pool on `url`: the in-process integration tests."""
+    async def main():
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        try:
+            return await scenario(pool)
+        finally:
+            await pool.close()
+    return asyncio.run(main())

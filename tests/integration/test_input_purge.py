@@ -4,13 +4,11 @@ Real Postgres, in process, a database of the test's own."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-import asyncpg
 import pytest
 
-from conftest import chat_line, jsonl
+from conftest import chat_line, jsonl, with_pool as _go
 from eventbatch import batches, events as ev, files, projections, rebuild
 from eventbatch.worker.sweeper import Sweeper
 
@@ -28,16 +26,6 @@ async def _file(conn, data: bytes, expires_at: int | None) -> str:
 
 async def _stored(conn, fid: str) -> int:
     return await conn.fetchval("SELECT count(*) FROM file_blobs WHERE file_id = $1", fid)
-
-
-def _go(url: str, scenario):
-    async def main():
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        try:
-            return await scenario(pool)
-        finally:
-            await pool.close()
-    return asyncio.run(main())
 
 
 @pytest.fixture

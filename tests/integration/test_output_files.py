@@ -4,14 +4,12 @@ before the fold kept sizes is measured from the log when its batch closes."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-import asyncpg
 import msgspec
 import pytest
 
-from conftest import chat_line, jsonl
+from conftest import chat_line, jsonl, with_pool as _go
 from eventbatch import batch as domain, batches, events as ev, files, projections, rebuild, results, store
 from eventbatch.worker import queue
 from eventbatch.worker.finalizer import settle_batch
@@ -50,16 +48,6 @@ async def _record(pool, batch_id: str, outcomes: list[ev.Event], *, forget_sizes
             state = msgspec.structs.replace(state, output_bytes=None, error_bytes=None)
         await projections.save_batch(conn, state)
         await conn.execute("UPDATE work_chunks SET done = true WHERE batch_id = $1", batch_id)
-
-
-def _go(url: str, scenario):
-    async def main():
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        try:
-            return await scenario(pool)
-        finally:
-            await pool.close()
-    return asyncio.run(main())
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import pytest
 
-from conftest import chat_line, jsonl
+from conftest import chat_line, jsonl, with_pool as _go
 from eventbatch import batch as domain, batches, events as ev, files, projections, rebuild
 from eventbatch.worker import queue
 from eventbatch.worker.finalizer import settle_batch
@@ -39,16 +38,6 @@ async def _batch(pool, n: int, window_seconds: float = 3600) -> str:
 async def _outcomes(pool, batch_id: str) -> dict[int, ev.Event]:
     rows = await pool.fetch("SELECT data FROM events WHERE batch_id = $1 AND request_index IS NOT NULL", batch_id)
     return {o.index: o for o in (ev.decode(r[0]) for r in rows)}
-
-
-def _go(url: str, scenario):
-    async def main():
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        try:
-            return await scenario(pool)
-        finally:
-            await pool.close()
-    return asyncio.run(main())
 
 
 @pytest.fixture
