@@ -9,11 +9,14 @@ checked against its `bytes`. Growth: pg_database_size from just before the first
 the batch is completed, by table (events with its TOAST and indexes, file blobs, the rest).
 The input file holds no bytes (nothing runs the requests), so the growth is the results' alone.
 
-Two kinds of ~4 KB answer, because Postgres compresses what it can:
-- embeddings: `encoding_format: base64` answers of 768 float32 (4,096 base64 characters) —
-  random bytes, which do not compress: the worst case, the figure the target is judged on;
+Two kinds of ~4 KB answer, because what they cost depends on how well they compress (large
+events are stored as zstd frames, events.stored):
+- embeddings: `encoding_format: base64` answers of 768 float32 (4,096 base64 characters) of
+  random bytes: nothing in them repeats (Postgres's pglz could not shrink them at all), only
+  base64's 4 characters for 3 bytes comes back; the worst case, the figure the target is judged
+  on (real embeddings shrink further: their exponent bytes repeat);
 - chat: chat completions whose answer is 3,900 characters of English prose (windows of the
-  docstrings of some standard-library modules), which Postgres's TOAST compression shrinks.
+  docstrings of some standard-library modules).
 
 The peer is the floor: the output file's own bytes (ratio 1.0×). Before this design the batch's
 bodies were stored twice (the events, and the output file materialised into file blobs at the
@@ -229,8 +232,8 @@ def run(quick: bool, full: bool, ctx, kinds: tuple[str, ...] = ("embeddings", "c
             "notes": (f"{n:,} outcomes recorded by the worker's Recorder, the batch settled by the real finalizer, "
                       "the output file read back through results.file_pages and checked against its `bytes`; "
                       "growth is pg_database_size after a CHECKPOINT, from before the first outcome to completed. "
-                      "embeddings: base64 vectors (random bytes: incompressible, the judged case); chat: English "
-                      "prose (Postgres compresses it). Peer: the output bytes themselves.")}
+                      "embeddings: base64 vectors of random bytes (only base64's 4/3 compresses: the judged case); "
+                      "chat: English prose. Peer: the output bytes themselves.")}
 
 
 def main(argv=None) -> int:

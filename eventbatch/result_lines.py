@@ -66,9 +66,14 @@ def line_size(o: Outcome) -> int:
     return len(_line_encoder.encode(line)) + len(o.body) + 1
 
 
+def outcome_of(data: bytes) -> Outcome:
+    """A stored outcome event (events.data: its JSON, or a zstd frame of it)."""
+    return outcome_decoder.decode(ev.plain(data))
+
+
 def line_of_event(batch_id: str, data: bytes) -> bytes:
-    """The line of a stored outcome event (its msgspec JSON as in the log)."""
-    return output_line(batch_id, outcome_decoder.decode(data))
+    """The line of a stored outcome event."""
+    return output_line(batch_id, outcome_of(data))
 
 
 def kind_of(o: Outcome) -> str:

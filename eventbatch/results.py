@@ -13,10 +13,10 @@ from typing import AsyncIterator
 import asyncpg
 
 from . import store
-from .result_lines import EVENT_TYPE, FAILED, SUCCEEDED, kind_of, line_of_event, outcome_decoder, output_line
+from .result_lines import EVENT_TYPE, FAILED, SUCCEEDED, kind_of, line_of_event, outcome_of, output_line
 from .sql import Q
 
-PAGE_BYTES = 4 << 20     # of stored events per page
+PAGE_BYTES = 4 << 20     # of event JSON per page (decompressed: results.sql)
 PAGE_ROWS = 1000
 
 
@@ -58,6 +58,6 @@ async def measure(conn: asyncpg.Connection, batch_id: str) -> tuple[int, int]:
     before the fold kept them (batch.BatchState.output_bytes None). Inside a transaction."""
     sizes = {SUCCEEDED: 0, FAILED: 0}
     async for (data,) in store.iter_outcomes_in_input_order(conn, batch_id):
-        o = outcome_decoder.decode(data)
+        o = outcome_of(data)
         sizes[kind_of(o)] += len(output_line(batch_id, o))
     return sizes[SUCCEEDED], sizes[FAILED]

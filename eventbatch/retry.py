@@ -48,7 +48,7 @@ async def failed_lines(conn: asyncpg.Connection, state: BatchState) -> AsyncIter
     data = await conn.fetchval(Q.batch_validated_event, store.batch_stream(state.id), _VALIDATED_TAG)
     if not failed or data is None:
         return
-    for c in _validated.decode(data).chunks:
+    for c in _validated.decode(ev.plain(data)).chunks:
         lo, hi = bisect_left(failed, c.first_index), bisect_left(failed, c.first_index + c.count)
         if lo == hi:
             continue

@@ -36,7 +36,9 @@ def file_stream(file_id: str) -> str:
     return f"file-{file_id}"
 
 
-OUTCOME_COLUMNS = ["stream", "version", "type", "data", "batch_id", "request_index", "summary"]
+# data is the event's stored form (events.stored: its JSON, compressed when large), size the
+# JSON's length (migrations/070).
+OUTCOME_COLUMNS = ["stream", "version", "type", "data", "size", "batch_id", "request_index", "summary"]
 
 
 async def append(conn: asyncpg.Connection, stream: str, expected_version: int, events: Sequence[ev.Event],
@@ -45,10 +47,12 @@ async def append(conn: asyncpg.Connection, stream: str, expected_version: int, e
     if not events:
         return []
     n = len(events)
+    json = [ev.encode(e) for e in events]
     try:
         rows = await conn.fetch(
             Q.event_append, [stream] * n, list(range(expected_version + 1, expected_version + n + 1)),
-            [ev.type_tag(e) for e in events], [ev.encode(e) for e in events], [batch_id] * n)
+            [ev.type_tag(e) for e in events], [ev.stored(j) for j in json], [len(j) for j in json],
+            [batch_id] * n)
     except asyncpg.UniqueViolationError as exc:
         raise StreamConflict(f"stream {stream} moved past version {expected_version}") from exc
     EVENTS_APPENDED.inc(amount=n)
@@ -72,12 +76,13 @@ async def append_outcomes(conn: asyncpg.Connection, batch_id: str,
     for o in outcomes:
         if o.index not in settled:
             settled.add(o.index)  # and the first of two outcomes for one request wins
-            records.append((f"{stream}/{o.index}", 1, ev.type_tag(o), ev.encode(o), batch_id, o.index,
-                            ev.summarize(o)))
+            json = ev.encode(o)
+            records.append((f"{stream}/{o.index}", 1, ev.type_tag(o), ev.stored(json), len(json), batch_id,
+                            o.index, ev.summarize(o)))
     if records:
         await conn.copy_records_to_table("events", records=records, columns=OUTCOME_COLUMNS)
     EVENTS_APPENDED.inc(amount=len(records))
-    return {r[5] for r in records}
+    return {r[6] for r in records}
 
 
 async def settled_indexes(conn: asyncpg.Connection, batch_id: str, start: int, end: int) -> set[int]:
@@ -85,7 +90,7 @@ async def settled_indexes(conn: asyncpg.Connection, batch_id: str, start: int, e
 
 
 async def batch_events_page(conn: asyncpg.Connection, batch_id: str, *, after: int, limit: int) -> list[asyncpg.Record]:
-    """One page of a batch's events in log order: position, type, data, recorded_at."""
+    """One page of a batch's events in log order: position, type, data (stored form), recorded_at."""
     return await conn.fetch(Q.batch_events_page, batch_id, after, limit)
 
 
@@ -106,5 +111,6 @@ async def batch_in_log(conn: asyncpg.Connection, batch_id: str) -> bool:
 
 
 def iter_outcomes_in_input_order(conn: asyncpg.Connection, batch_id: str, prefetch: int = 100):
-    """Every terminal outcome of a batch (raw event bytes) by request index; inside a transaction."""
+    """Every terminal outcome of a batch (stored form: events.plain gives its JSON) by request
+    index; inside a transaction."""
     return conn.cursor(Q.outcome_all_in_input_order, batch_id, prefetch=prefetch)

@@ -73,7 +73,7 @@ def _batch_event(etype: str, data: bytes | None, summary: bytes | None) -> ev.Ev
         return ev.from_summary(summary)
     if etype not in _OUTCOME_TYPES:
         return ev.decode(data)
-    o = _outcome_lite_dec.decode(data)
+    o = _outcome_lite_dec.decode(ev.plain(data))
     if etype == "request_succeeded":
         return ev.RequestSucceeded(index=o.index, custom_id=o.custom_id, status_code=o.status_code or 200,
                                    body=o.body, attempts=[], request_id=o.request_id, usage=o.usage)

@@ -17,7 +17,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from .. import projections, store
+from .. import events as ev, projections, store
 from ..batch import TERMINAL
 from . import auth, params, wire
 from .state import POOL, PROJECT
@@ -38,12 +38,12 @@ class BatchEventObject(msgspec.Struct):
     object: str
     type: str
     created_at: float
-    data: msgspec.Raw       # the event as stored: msgspec JSON, passed through without decoding
+    data: msgspec.Raw       # the event's msgspec JSON as in the log, passed through without decoding
 
 
 def event_object(row: asyncpg.Record) -> BatchEventObject:
     return BatchEventObject(id=str(row["position"]), object="batch.event", type=row["type"],
-                            created_at=row["recorded_at"].timestamp(), data=msgspec.Raw(row["data"]))
+                            created_at=row["recorded_at"].timestamp(), data=msgspec.Raw(ev.plain(row["data"])))
 
 
 def sse_message(row: asyncpg.Record) -> bytes:

@@ -7,8 +7,8 @@
 -- event_append --
 -- Batch- and file-level events at consecutive versions of one stream; the unique
 -- (stream, version) constraint turns a concurrent writer into a conflict, not a lost update.
-INSERT INTO events (stream, version, type, data, batch_id)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[], $5::text[])
+INSERT INTO events (stream, version, type, data, size, batch_id)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[], $5::int[], $6::text[])
 RETURNING position
 
 -- outcome_settled_among --

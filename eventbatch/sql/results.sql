@@ -1,8 +1,10 @@
 -- A batch's results (SPEC §12.1, §12.5): its output and error lines are derived from its
 -- request outcome events (table `events`), never stored a second time. Pages are bounded by
--- bytes (the sum of the events' sizes: bodies can be megabytes) and by a number of rows; a
+-- bytes (the sum of the events' JSON sizes: bodies can be megabytes) and by a number of rows; a
 -- page holds at least one row, so a body larger than the budget still moves.
--- octet_length() of a stored value reads its size from the header, without detoasting it.
+-- An event's JSON size is its column `size` (data may be a zstd frame of it, migrations/070),
+-- or for an event stored before that its octet_length(): read from the value's header, without
+-- detoasting it.
 
 -- result_page_in_input_order --
 -- The output file ($3 'request_succeeded') or error file ($3 'request_failed') of batch $1:
@@ -10,12 +12,12 @@
 -- how many lines that window holds in all (n; fewer came back: the bytes cut the page short).
 -- A window of indexes, not a LIMIT, bounds the work of each page whatever plan is chosen.
 SELECT request_index, data, n FROM (
-    SELECT request_index, data, sum(octet_length(data)) OVER (ORDER BY request_index) AS upto,
+    SELECT request_index, data, json_bytes, sum(json_bytes) OVER (ORDER BY request_index) AS upto,
            count(*) OVER () AS n
-    FROM events
-    WHERE batch_id = $1 AND request_index > $2 AND request_index <= $2 + $4 AND type = $3
+    FROM (SELECT request_index, data, coalesce(size, octet_length(data)) AS json_bytes FROM events
+          WHERE batch_id = $1 AND request_index > $2 AND request_index <= $2 + $4 AND type = $3) e
 ) w
-WHERE upto - octet_length(data) < $5
+WHERE upto - json_bytes < $5
 ORDER BY request_index
 
 -- result_last_index --
@@ -28,13 +30,13 @@ SELECT max(request_index) FROM events WHERE batch_id = $1 AND request_index IS N
 -- to a batch holds its view row lock, so its positions commit in order: a position seen
 -- committed has every earlier one of the batch committed too, and a cursor never skips one.
 SELECT position, data FROM (
-    SELECT position, data, sum(octet_length(data)) OVER (ORDER BY position) AS upto
-    FROM (SELECT position, data FROM events
+    SELECT position, data, json_bytes, sum(json_bytes) OVER (ORDER BY position) AS upto
+    FROM (SELECT position, data, coalesce(size, octet_length(data)) AS json_bytes FROM events
           WHERE batch_id = $1 AND position > $2 AND position <= $3 AND request_index IS NOT NULL
             AND ($4::text IS NULL OR type = $4)
           ORDER BY position LIMIT $5) p
 ) w
-WHERE upto - octet_length(data) < $6
+WHERE upto - json_bytes < $6
 ORDER BY position
 
 -- result_last_position --

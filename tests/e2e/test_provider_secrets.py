@@ -10,6 +10,7 @@ import json
 from urllib.parse import urlsplit
 
 from conftest import UPSTREAM_KEY, chat_line, jsonl, start_mock, start_server, wait_status
+from eventbatch import events as ev
 
 
 def _decoded_strings(value) -> list[str]:
@@ -57,7 +58,7 @@ def test_a_key_echoed_in_request_id_or_json_escaped_never_lands(start_proc, new_
     for o in output:
         assert not any(UPSTREAM_KEY in s for s in _decoded_strings(o))
 
-    events = [json.loads(bytes(r["data"])) for r in iso.fetch("SELECT data FROM events WHERE batch_id = $1", b.id)]
+    events = [json.loads(ev.plain(bytes(r["data"]))) for r in iso.fetch("SELECT data FROM events WHERE batch_id = $1", b.id)]
     assert len(events) > 6 and not any(UPSTREAM_KEY in s for e in events for s in _decoded_strings(e))
 
     feed = _sse_text(srv.base_url, key, b.id)

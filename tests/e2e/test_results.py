@@ -5,6 +5,7 @@ after a rebuild), and GET /v1/batches/{id}/results while the batch runs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import subprocess
@@ -172,3 +173,35 @@ def test_results_in_every_status_and_for_nobody_else(client, server, new_key):
     with pytest.raises(openai.BadRequestError) as bad:
         get_results(client, b.id, after="yesterday")
     assert bad.value.body["param"] == "after"
+
+
+def test_large_answers_stored_compressed_are_served_as_they_came(client, db, database_url):
+    """Answers of 2 kB and more are zstd frames in the log (migrations/070); every reader gets
+    their JSON back: the output file, /results, the events feed, a rebuild's fold."""
+    def line(i: int) -> dict:
+        body = {"model": "text-embedding-3-small", "input": f"text {i}", "dimensions": 256 + 64 * i}
+        if i % 2:
+            body["encoding_format"] = "base64"
+        return {"custom_id": f"emb-{i}", "method": "POST", "url": "/v1/embeddings", "body": body}
+    lines = [line(i) for i in range(6)]
+    f = client.files.create(file=("emb.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+    done = wait_status(client, b.id, {"completed"}, timeout=60)
+    stored = db.fetch("SELECT size, octet_length(data) AS n FROM events WHERE batch_id = $1 "
+                      "AND request_index IS NOT NULL", b.id)
+    assert len(stored) == 6 and all(r["size"] >= 2000 and r["n"] < r["size"] for r in stored)
+    out = content(client, done.output_file_id)
+    assert client.files.retrieve(done.output_file_id).bytes == len(out)
+    answers = [json.loads(x) for x in out.splitlines()]
+    assert [a["custom_id"] for a in answers] == [x["custom_id"] for x in lines]
+    for i, a in enumerate(answers):
+        vector = a["response"]["body"]["data"][0]["embedding"]
+        dimensions = len(base64.b64decode(vector)) // 4 if i % 2 else len(vector)
+        assert dimensions == 256 + 64 * i
+    _, all_lines, _ = get_results(client, b.id)
+    assert sorted(all_lines.splitlines()) == sorted(out.splitlines())
+    feed = client.get(f"/batches/{b.id}/events", cast_to=object, options={"params": {"limit": 100}})
+    outcomes = [e["data"] for e in feed["data"] if e["type"] == "request_succeeded"]
+    assert sorted(o["custom_id"] for o in outcomes) == sorted(x["custom_id"] for x in lines)
+    rebuild(database_url)
+    assert content(client, done.output_file_id) == out

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from conftest import chat_line, jsonl, with_pool as _go
-from eventbatch import batch as domain, batches, events as ev, files, projections, rebuild, results, store
+from eventbatch import batch as domain, batches, events as ev, files, projections, rebuild, result_lines, results, store
 from eventbatch.worker import queue
 from eventbatch.worker.finalizer import settle_batch
 from eventbatch.worker.validating import validate_batch
@@ -83,4 +83,33 @@ def test_closing_writes_no_bytes_and_knows_the_sizes(url, forget_sizes):
             assert not await queue.any_open(conn, bid)
             _, diffs = await rebuild.verify(conn)     # the sizes measured equal a fresh fold's
         assert diffs == []
+    _go(url, scenario)
+
+
+def test_large_outcomes_are_stored_compressed_and_pages_count_their_json(url):
+    """A large answer is a zstd frame in the log (migrations/070), and a page's byte budget
+    counts the JSON it will send, not the frames: 100 kB answers of one repeated word are frames
+    of a few hundred bytes, and a budget of 250 kB must still cut the file into pages of 3."""
+    body = msgspec.Raw(msgspec.json.encode({"answer": "same " * 20_000}))
+    outcomes = [ev.RequestSucceeded(index=i, custom_id=f"req-{i}", status_code=200, request_id=f"req_{i}",
+                                    attempts=[], body=body) for i in range(10)]
+
+    async def scenario(pool):
+        bid = await _running_batch(pool, 10)
+        await _record(pool, bid, outcomes)
+        rows = await pool.fetch("SELECT size, octet_length(data) AS stored FROM events "
+                                "WHERE batch_id = $1 AND request_index IS NOT NULL", bid)
+        assert len(rows) == 10 and all(r["size"] > 100_000 and r["stored"] < r["size"] // 50 for r in rows)
+        state = await settle_batch(pool, bid, 4)
+        whole = b"".join([p async for p in results.file_pages(pool, bid, "succeeded")])
+        pages = [p async for p in results.file_pages(pool, bid, "succeeded", page_bytes=250_000)]
+        async with pool.acquire() as conn:
+            assert len(whole) == (await projections.get_file(conn, state.output_file_id, "p")).bytes
+        assert b"".join(pages) == whole
+        assert [p.count(b"\n") for p in pages] == [3, 3, 3, 1]
+        assert whole.splitlines()[4] == result_lines.output_line(bid, outcomes[4]).rstrip(b"\n")
+        top = await results.last_position(pool, bid)
+        recorded = [p async for p in results.recorded_pages(pool, bid, after=0, upto=top, kind=None,
+                                                          page_bytes=250_000)]
+        assert [p.count(b"\n") for p in recorded] == [3, 3, 3, 1]
     _go(url, scenario)
