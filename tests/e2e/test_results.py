@@ -203,5 +203,10 @@ def test_large_answers_stored_compressed_are_served_as_they_came(client, db, dat
     feed = client.get(f"/batches/{b.id}/events", cast_to=object, options={"params": {"limit": 100}})
     outcomes = [e["data"] for e in feed["data"] if e["type"] == "request_succeeded"]
     assert sorted(o["custom_id"] for o in outcomes) == sorted(x["custom_id"] for x in lines)
+    audit = subprocess.run([sys.executable, "-m", "eventbatch", "replay", b.id, "--json", "--requests"], cwd=ROOT,
+                           env=base_env(database_url), capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stderr
+    assert json.loads(audit.stdout.splitlines()[-1])["summary"]["status"] == "completed"
+    assert sum('"request_succeeded"' in x for x in audit.stdout.splitlines()) == 6
     rebuild(database_url)
     assert content(client, done.output_file_id) == out
