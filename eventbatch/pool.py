@@ -170,13 +170,16 @@ class Pool(asyncpg.Pool):
         return _Acquire(self, timeout)
 
     async def _acquire_bounded(self, timeout):
-        if timeout is None:
-            return await asyncpg.Pool.acquire(self)
+        # Unbounded too (the pool's own fetch/execute, background work): a refused connect is
+        # DatabaseUnavailable everywhere, so pool.unavailable tells an outage from a bug.
         try:
+            if timeout is None:
+                return await asyncpg.Pool.acquire(self)
             async with asyncio.timeout(timeout):
                 return await asyncpg.Pool.acquire(self, timeout=timeout)
-        except TimeoutError:
-            raise DatabaseStalled(f"no database connection within {timeout:g} s") from None
+        except TimeoutError:     # before OSError, of which it is one
+            within = "in time" if timeout is None else f"within {timeout:g} s"
+            raise DatabaseStalled(f"no database connection {within}") from None
         except OSError as exc:   # connecting anew: refused, no such socket, reset
             raise DatabaseUnavailable(f"the database cannot be reached ({type(exc).__name__})") from exc
 

@@ -23,6 +23,7 @@ import structlog
 
 from .. import events as ev, webhooks
 from ..config import Settings
+from ..pool import unavailable
 from ..sql import Q
 
 log = structlog.get_logger("eventbatch.worker")
@@ -42,14 +43,23 @@ class Deliveries:
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            away = False      # the database is away: said once, not every POLL_SECONDS
             try:
                 while not stop.is_set():
                     try:
                         claimed = await self.claim_one(session)
+                        if away:
+                            away = False
+                            log.info("webhook_claims_resumed")
                     except asyncio.CancelledError:
                         raise
-                    except Exception:
-                        log.exception("webhook_claim_failed")
+                    except Exception as exc:
+                        if not unavailable(exc):
+                            log.exception("webhook_claim_failed")
+                        elif not away:
+                            away = True
+                            log.warning("webhook_claims_waiting_for_database", error=type(exc).__name__,
+                                        detail=str(exc)[:200])
                         claimed = False
                     if not claimed:
                         try:
