@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 
 from . import __version__
@@ -201,9 +203,9 @@ def _mock_parser(sub) -> None:
     mu.add_argument("--seed", type=int, help="seed of the random faults (default: a different sequence each run)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _command(argv: list[str] | None) -> int:
     try:
+        args = _parser().parse_args(argv)
         if args.command == "mock-upstream":
             return _mock_upstream(args)
         if args.command == "batch":
@@ -239,6 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _command(argv)
+        sys.stdout.flush()     # here, not at exit: a reader gone early is caught below
+        return code
+    except BrokenPipeError:
+        # `eventbatch replay … | head`: the reader has what it wanted. No traceback; stdout to
+        # devnull, so that the interpreter's last flush does not fail again (Python's own recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE     # what `yes | head` leaves, for a shell's pipefail
 
 
 def _mock_upstream(args) -> int:

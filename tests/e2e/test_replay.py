@@ -80,3 +80,17 @@ def test_replay_of_a_batch_that_never_reached_the_provider_says_so(client, datab
     assert last.startswith(f"-- {b.id}: failed;") and "no upstream attempts" in last and "None" not in last, last
     summary = json.loads(replay(database_url, b.id, "--json").stdout.splitlines()[-1])["summary"]
     assert summary["upstream_attempts"] == 0 and summary["mean_attempt_ms"] is None
+
+
+def test_replay_into_a_reader_that_stops_early_ends_quietly(client, database_url):
+    # `eventbatch replay BATCH | head -1`: the reader leaves; no traceback, the exit code of a
+    # command stopped by SIGPIPE (what a shell's pipefail sees from `yes | head`)
+    f = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(chat_line(i) for i in range(3)))), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_status(client, b.id, {"completed"})
+    p = subprocess.Popen([sys.executable, "-m", "eventbatch", "replay", b.id, "--requests"], cwd=ROOT,
+                         env=base_env(database_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()                       # gone before the first line
+    stderr = p.stderr.read()
+    assert p.wait(timeout=60) == 141, stderr
+    assert said_lines(stderr) == [], stderr
