@@ -116,3 +116,18 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "EVENTBATCH_MAX_ATTEMPTS" in r.stderr, r.stderr
+
+
+def test_a_failed_batch_names_each_error_line_once():
+    from openai.types import Batch
+
+    from eventbatch.client.commands import _errors
+    batch = Batch.model_validate({
+        "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": "file_1",
+        "completion_window": "24h", "status": "failed", "created_at": 1,
+        "errors": {"object": "list", "data": [
+            {"code": "invalid_json_line", "line": 1, "message": "Line 1: This line is not parseable as valid JSON."},
+            {"code": "missing_required_parameter", "line": 2, "message": "Missing required parameter: 'body'."}]}})
+    said = _errors(batch)
+    assert said.lower().count("line 1") == 1 and said.startswith("Line 1: This line")
+    assert "line 2: Missing required parameter" in said       # a message without its line gets it
