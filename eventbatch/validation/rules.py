@@ -9,6 +9,8 @@ in meta-llama/llama-stack tests/integration/batches/test_batches_errors.py), the
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from .lines import LineError, describe, kind
@@ -46,12 +48,20 @@ LINE_FIELDS = "custom_id, method, url and body"
 
 # --- line errors, in the order the per-line path checks them ---------------------------------
 
+# A \uD800-\uDBFF escape (an odd number of backslashes before the u) not followed by a low half.
+_LONE_HIGH_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
 def invalid_json(n: int, text: bytes, exc: Exception) -> LineError:
     """`exc` is what decoding the line raised (a ValidationError: valid JSON, but not an object)."""
     if isinstance(exc, msgspec.ValidationError):
         why = f"it is {kind(text.lstrip())}, not an object"
     elif isinstance(exc, UnicodeDecodeError):
         why = "it is not valid UTF-8"
+    elif (lone := _LONE_HIGH_SURROGATE.search(text)) and ("escape" in str(exc) or "truncated" in str(exc)):
+        # msgspec's words for it depend on what follows the escape: "truncated" before a quote,
+        # "unexpected end of hex escape" before a letter; the line is complete either way.
+        why = (f"its escape {lone.group(1).decode()} is half of a UTF-16 surrogate pair, without the "
+               "\\udc00-\\udfff escape that must follow it")
     elif str(exc) == "Input data was truncated":
         why = "it ends before its JSON is complete"
     else:

@@ -234,3 +234,16 @@ def test_a_streaming_line_names_its_endpoint():
     [error] = both_paths(data, "/v1/responses").errors
     assert (error.code, error.param, error.line) == ("streaming_unsupported", "body.stream", 1)
     assert error.message.startswith("Line 1: Responses: Streaming is not supported in the Batch API.")
+
+
+def test_a_lone_surrogate_escape_is_named_not_called_incomplete():
+    url = "/v1/chat/completions"
+    lone = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
+            b'"body": {"model": "m1", "messages": [{"role": "user", "content": "x\\ud800y"}]}}\n')
+    cut = b'{"custom_id": "b", "method": "POST", "url": "/v1/chat/comp\n'
+    at_end = lone.replace(b'x\\ud800y"', b'x\\ud800"').replace(b'"a"', b'"c"')   # msgspec: "truncated"
+    result = both_paths(good("ok", url) + b"\n" + lone + at_end + cut, url)
+    (first, second, third) = result.errors
+    for e, n in ((first, 2), (second, 3)):
+        assert e.line == n and "\\ud800 is half of a UTF-16 surrogate pair" in e.message, e.message
+    assert third.line == 4 and "ends before its JSON is complete" in third.message
