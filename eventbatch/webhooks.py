@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import random
 import secrets
+import sys
 import time
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
@@ -192,6 +193,10 @@ async def webhooks_command(settings: Settings, args) -> int:
                           f"({', '.join(types)}).")
                     print("Its signing secret is shown once; store it where the receiver verifies signatures:")
                     print(secret)
+                    if not await conn.fetchval(Q.key_project_known, project):
+                        print(f"eventbatch: note: no API key belongs to project '{project}' yet; the endpoint hears "
+                              f"of its batches once one does (eventbatch keys create --project {project}). If the "
+                              "name is a typo, remove the endpoint and add it again.", file=sys.stderr)
                 case "list":
                     rows = await conn.fetch(Q.webhook_endpoint_list, args.project)
                     if not rows:

@@ -29,3 +29,8 @@ ORDER BY k.seq
 -- The SHA-256 of every key that is not revoked: what an address whose failed tries are used up
 -- is checked against, in one statement every few seconds however many keys it sends.
 SELECT s.key_hash FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE NOT k.revoked
+
+-- key_project_known --
+-- Whether any key (revoked ones too) was ever made for project $1: `webhooks add` warns of a
+-- project no key belongs to (a typo registers an endpoint that never hears of anything).
+SELECT EXISTS (SELECT 1 FROM api_keys WHERE project = $1)

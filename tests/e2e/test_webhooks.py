@@ -259,3 +259,14 @@ def test_an_attempt_has_a_time_limit_and_reads_a_capped_answer(hooked, receiver,
     slow = [x for x in attempts if "no answer within 2s" in x["detail"]]
     assert len(slow) == 1 and "status_code" not in slow[0] and "next attempt at" in slow[0]["detail"]
     assert sorted(x.get("status_code") for x in attempts if x is not slow[0]) == [200, 200]
+
+
+def test_adding_an_endpoint_for_a_project_no_key_belongs_to_says_so(hooked, receiver, new_key):
+    project = f"hooks-{uuid.uuid4().hex[:8]}"
+    r = cli(hooked.db.url, "webhooks", "add", "--project", project, "--url", receiver.base + "/early")
+    assert r.returncode == 0, r.stderr                 # added: keys may come later
+    [note] = said_lines(r.stderr)
+    assert f"no API key belongs to project '{project}'" in note and "keys create --project" in note
+    new_key(project, db_url=hooked.db.url)
+    r = cli(hooked.db.url, "webhooks", "add", "--project", project, "--url", receiver.base + "/later")
+    assert r.returncode == 0 and said_lines(r.stderr) == [], r.stderr
