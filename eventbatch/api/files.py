@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from aiohttp import web
-from aiohttp.helpers import content_disposition_header
 
 from .. import blobs, files as file_commands, projections, results
 from ..store import NotFound
@@ -54,15 +55,23 @@ async def delete_file(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
+def attachment(filename: str) -> str:
+    """Content-Disposition of a download, as RFC 6266 has it: the name whole in `filename*`
+    (RFC 5987, percent-encoded UTF-8, which browsers decode), and for older clients a quoted
+    `filename` of its printable ASCII with everything else as '_' (';' too: some parsers split on
+    it even inside quotes). Neither can carry a quote that adds a parameter, nor a CR or LF that
+    ends the header (that made downloads a 500)."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%;' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 async def file_content(request: web.Request) -> web.StreamResponse:
     pool = request.app[POOL]
     async with pool.acquire() as conn:
         view = await _own_file(request, conn)
     response = web.StreamResponse(headers={
         "Content-Type": "application/jsonl" if view.filename.endswith(".jsonl") else "application/octet-stream",
-        # The helper percent-escapes the name: a quote cannot add a parameter, a CR or LF cannot
-        # end the header (which made every download of such a file a 500).
-        "Content-Disposition": content_disposition_header("attachment", filename=view.filename),
+        "Content-Disposition": attachment(view.filename),
         # The bytes are the user's own: a browser must not guess them into HTML or script.
         "X-Content-Type-Options": "nosniff"})
     response.content_length = view.bytes

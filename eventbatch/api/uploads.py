@@ -130,6 +130,7 @@ async def create_file(request: web.Request) -> web.Response:
         fields: dict[str, str] = {}
         expires_json: bytes | None = None
         filename = "upload.jsonl"
+        unreadable: str | None = None
         while (part := await reader.next()) is not None:
             if part.name == "file":
                 if stored is not None:
@@ -146,6 +147,14 @@ async def create_file(request: web.Request) -> web.Response:
                 expires_json = await reader.field(part)
             elif part.name:
                 fields[part.name] = (await reader.field(part)).decode("utf-8", "replace")
+            elif unreadable is None:
+                # aiohttp could not parse its Content-Disposition (e.g. a ';' after an escaped
+                # quote in the filename): said if the file is then missing, not "missing" alone.
+                unreadable = part.headers.get("Content-Disposition", "")
+        if stored is None and unreadable:
+            raise bad_request(f"A part's Content-Disposition header could not be read ({unreadable[:80]!r}), so "
+                              "no 'file' field was found. Quote the filename without ';' or '\\\"' in it, or send "
+                              "it as filename*=UTF-8''<percent-encoded name>.", param="file")
         if stored is None:
             raise bad_request("Missing required parameter: 'file'.", param="file")
         purpose = fields.get("purpose")

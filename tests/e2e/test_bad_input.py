@@ -159,6 +159,16 @@ def test_bad_bytes_in_multipart_headers_are_a_400(server, key, file_headers):
     assert status == 200 and json.loads(listed)["data"] == []
 
 
+def test_a_content_disposition_that_cannot_be_read_is_said_so(server, key):
+    # aiohttp's parser gives up on a ';' after an escaped quote: the part has no name, and the
+    # answer says why no file was found rather than only that it is missing
+    error = envelope(upload(server, key, b'filename="a\\";evil=1;x=\\".jsonl"'), 400)
+    assert error["param"] == "file" and "Content-Disposition header could not be read" in error["message"]
+    assert "filename*=UTF-8''" in error["message"]
+    status, _, body = upload(server, key, b'filename="a\\"b.jsonl"')     # an escaped quote alone is fine
+    assert status == 200 and json.loads(body)["filename"] == 'a"b.jsonl', body
+
+
 def test_a_utf8_filename_is_kept(server, key):
     status, _, body = upload(server, key, "filename=\"résumé.jsonl\"".encode())
     assert status == 200, body

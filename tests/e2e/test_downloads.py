@@ -3,6 +3,7 @@ and the bytes are never sniffed into something a browser would run."""
 
 from __future__ import annotations
 
+import email.message
 import urllib.parse
 import urllib.request
 
@@ -40,11 +41,19 @@ def test_content_disposition_escapes_the_filename(server, new_key, name):
     status, headers, body = download_headers(server, key, file_id)
     assert status == 200 and body == jsonl([chat_line(1)])
     disposition = headers["Content-Disposition"]
-    assert disposition.count(";") == 1, disposition            # exactly one parameter: the filename
     assert "\r" not in disposition and "\n" not in disposition and headers.get("Set-Cookie") is None
-    value = disposition.split("filename=", 1)[1]
-    assert value.startswith('"') and value.endswith('"') and '"' not in value[1:-1]
-    assert urllib.parse.unquote(value[1:-1]) == name            # the name survives, escaped
+    # two parameters, no more (RFC 6266): an ASCII fallback without a quote, and the whole name
+    kind, fallback, whole = disposition.split("; ")
+    assert kind == "attachment" and fallback.startswith('filename="') and fallback.endswith('"')
+    assert '"' not in fallback[len('filename="'):-1] and whole.startswith("filename*=UTF-8''")
+    assert ";" not in fallback and all(" " <= c <= "~" for c in fallback)
+    # what a browser shows (RFC 6266: filename* first, RFC 5987 decoding): the name as uploaded
+    charset, _, encoded = whole.removeprefix("filename*=").partition("''")
+    assert charset == "UTF-8" and urllib.parse.unquote(encoded, encoding="utf-8", errors="strict") == name
+    # and Python's own parser of such headers reads the whole name from filename* alone
+    message = email.message.Message()
+    message["Content-Disposition"] = f"{kind}; {whole}"
+    assert message.get_filename() == name
 
 
 def test_downloads_are_not_sniffed(client, server):
