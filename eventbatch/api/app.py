@@ -17,6 +17,7 @@ from ..pool import api_profile, bounded_waits, unavailable
 from ..worker.providers import configured_model_check
 from . import auth, batch_events, batches, dashboard, files, health, results, retry, uploads
 from .idempotency import idempotency_middleware
+from .slow_clients import body_deadline_middleware
 from .errors import ApiError, ClientGone, error_response, parse_error_reason, payload_error
 from .state import POOL, SERVES_MODEL, SETTINGS, TASKS, UPLOAD_SLOTS, VALIDATION_SLOTS, spawn
 
@@ -92,7 +93,8 @@ QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # polled every fe
 def create_app(settings: Settings, pool: asyncpg.Pool | None = None, *, database_url: str | None = None,
                pool_size: int = 10) -> web.Application:
     """The API. With `pool`, the caller owns the pool; otherwise it is opened on startup."""
-    app = web.Application(middlewares=[errors_middleware, auth.auth_middleware, idempotency_middleware],
+    app = web.Application(middlewares=[errors_middleware, auth.auth_middleware, body_deadline_middleware,
+                                       idempotency_middleware],
                           client_max_size=1024 ** 2)
     app[SETTINGS] = settings
     app[TASKS] = set()

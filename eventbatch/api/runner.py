@@ -8,12 +8,15 @@ one place every such answer is made."""
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ..metrics import HTTP_REQUESTS
 from .errors import error_response, parse_error_reason
+from .state import SETTINGS
 
 log = structlog.get_logger("eventbatch.api")
 
@@ -24,6 +27,38 @@ _MESSAGES = {
 
 
 class _EnvelopeHandler(RequestHandler):
+    # A request's head (request line and headers) must arrive within this many seconds of its
+    # first byte, or the connection is closed: aiohttp has no such limit, so a client sending its
+    # headers a byte at a time (slowloris) held a connection, and a file descriptor, for ever.
+    # Set by the server from EVENTBATCH_UPLOAD_READ_TIMEOUT_SECONDS (the body's limit, too).
+    head_seconds: float = 30.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # Between requests (none being handled, none parsed and waiting), bytes begin a head.
+        between = not self._request_in_progress and not self._messages
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count > parsed:
+            self._head_done()
+        elif between and self._head_timer is None and not self._force_close:
+            self._head_timer = self._loop.call_later(self.head_seconds, self._head_too_slow)
+
+    def _head_done(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        log.info("http_head_too_slow", seconds=self.head_seconds)
+        HTTP_REQUESTS.inc("-", "unparsed", 408)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:   # an answer is under way: let aiohttp drop the connection
@@ -43,13 +78,19 @@ class _EnvelopeHandler(RequestHandler):
 
 
 class _EnvelopeServer(web.Server):
+    head_seconds = _EnvelopeHandler.head_seconds
+
     def __call__(self) -> RequestHandler:
-        return _EnvelopeHandler(self, loop=self._loop, **self._kwargs)
+        handler = _EnvelopeHandler(self, loop=self._loop, **self._kwargs)
+        handler.head_seconds = self.head_seconds
+        return handler
 
 
 class ApiRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        return _EnvelopeServer(server.request_handler, request_factory=server.request_factory,
-                               handler_cancellation=server.handler_cancellation, loop=server._loop,
-                               **server._kwargs)
+        envelope = _EnvelopeServer(server.request_handler, request_factory=server.request_factory,
+                                   handler_cancellation=server.handler_cancellation, loop=server._loop,
+                                   **server._kwargs)
+        envelope.head_seconds = self.app[SETTINGS].upload_read_timeout_seconds
+        return envelope

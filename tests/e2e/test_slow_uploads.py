@@ -116,6 +116,57 @@ def test_a_stalled_upload_is_cut_off_and_leaves_nothing(slow_server, new_key, db
     assert "Traceback" not in log and "unhandled_error" not in log
 
 
+def _ended_within(sock: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """What the server sent before closing, and when it closed (the test waits `seconds` at most)."""
+    start = time.monotonic()
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except socket.timeout:
+        pytest.fail(f"the server held the connection for over {seconds} s; it sent {got[:200]!r}")
+    return got, time.monotonic() - start
+
+
+def test_a_head_sent_too_slowly_is_cut_off(slow_server, new_key):
+    # slowloris: a request line and a header that never ends
+    with socket.create_connection(host_port(slow_server)) as s:
+        s.sendall(f"GET /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {new_key()}\r\nX-Slow: a".encode())
+        got, after = _ended_within(s, READ_TIMEOUT + 10)
+    assert got == b"" and READ_TIMEOUT - 0.5 < after
+
+
+def test_a_json_body_that_stops_short_is_a_408(slow_server, new_key):
+    with socket.create_connection(host_port(slow_server)) as s:
+        s.sendall((f"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {new_key()}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                   '{"input_file_id": "f').encode())
+        got, after = _ended_within(s, READ_TIMEOUT + 10)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), got[:300]
+    assert "did not arrive within" in json.loads(body)["error"]["message"]
+
+
+def test_a_kept_alive_connection_may_idle_between_requests(slow_server, new_key):
+    # the head's limit runs from a request's first byte, not from the last answer
+    import http.client
+    host, port = host_port(slow_server)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    headers = {"Authorization": f"Bearer {new_key()}"}
+    ports = []
+    try:
+        for _ in range(2):
+            conn.request("GET", "/v1/batches", headers=headers)
+            ports.append(conn.sock.getsockname()[1])
+            r = conn.getresponse()
+            assert r.status == 200 and r.read()
+            time.sleep(READ_TIMEOUT + 1)
+    finally:
+        conn.close()
+    assert ports[0] == ports[1]        # one connection: it was not closed while it idled
+
+
 def test_pieces_of_an_upload_that_never_became_a_file_are_dropped(start_proc, mock, db):
     """A process that died mid-upload leaves pieces no file names: the sweep of any API process
     drops them once nothing has added to them for a while (here, pieces from an hour ago)."""
