@@ -75,7 +75,8 @@ SERVER_SETTINGS = (
     ("--chunk-size", "chunk_size", "requests per chunk a worker claims"),
     ("--window-seconds", "window_seconds", "how long the '24h' completion window really is, in seconds"),
     ("--upload-read-timeout-seconds", "upload_read_timeout_seconds", "the longest an upload may take to send "
-                                                                     "each 1 MiB piece; slower is a 408"),
+                                                                     "each 1 MiB piece, another request its JSON "
+                                                                     "body or any its head; slower is a 408"),
     ("--webhook-backoff-seconds", "webhook_backoff_seconds", "wait before a webhook delivery's first retry "
                                                              "(each later one 4x longer, at most 12 h)"),
     ("--webhook-retry-seconds", "webhook_retry_seconds", "how long a webhook delivery is retried"),
