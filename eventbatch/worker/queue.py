@@ -116,14 +116,40 @@ _custom_id = msgspec.json.Decoder(_CustomId)
 async def custom_ids(conn, file_id: str, start: int, end: int, count: int) -> list[str]:
     """Each request's custom_id as far as the chunk's bytes can still be read ("" where they
     cannot): outcomes for requests whose lines are damaged or gone still name what they can."""
-    ids = []
-    for line in (await blobs.read_range(conn, file_id, start, end)).split(b"\n"):
-        if line.strip():
-            try:
-                ids.append(_custom_id.decode(line).custom_id)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                ids.append("")
-    return (ids + [""] * count)[:count]
+    data = await blobs.read_range(conn, file_id, start, end)
+    return ids_by_position(data, count, whole=len(data) == end - start)
+
+
+def ids_by_position(data: bytes, count: int, *, whole: bool) -> list[str]:
+    """The custom_ids of a damaged chunk's `count` requests, by position, "" where unknown. Pure.
+
+    Damage can add or remove a newline, and then every line after it sits at another position:
+    a custom_id read there would name the wrong request (twice, with the request it belongs to
+    elsewhere). So ids are trusted from the chunk's first line up to the first that cannot be
+    read, and, when the bytes are all there (`whole`), from its last line back to the last that
+    cannot: positions counted from either end are right whatever happened between. In between
+    no id is guessed."""
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    read: list[str | None] = []
+    for line in lines:
+        try:
+            read.append(_custom_id.decode(line).custom_id)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            read.append(None)
+    ids = [""] * count
+    head = next((i for i, cid in enumerate(read) if cid is None), None)
+    if head is None:
+        # Every line reads: right if they are as many as the requests; if not, a line was lost
+        # or added somewhere that cannot be told, and no position is certain.
+        return read if len(read) == count else ids
+    head = min(head, count)
+    ids[:head] = read[:head]
+    if whole:
+        tail = next(i for i, cid in enumerate(reversed(read)) if cid is None)
+        tail = min(tail, count - head)
+        if tail:
+            ids[count - tail:] = read[len(read) - tail:]
+    return ids
 
 
 class ChunkUnreadable(Exception):
