@@ -279,6 +279,39 @@ def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_400(server, ke
     assert_no_traceback_since(server, mark)
 
 
+def test_a_compressed_json_body_is_limited_by_what_it_inflates_to(server, key):
+    # a gzip bomb: 64 kB on the wire, 64 MB inflated; the 1 MiB limit on JSON bodies is of the latter
+    import gzip
+    body = gzip.compress(b'{"input_file_id": "' + b"a" * (64 << 20) + b'"}', compresslevel=9)
+    assert len(body) < 200_000
+    mark = len(server.log())
+    start = time.monotonic()
+    err = envelope(get(server, key, b"/v1/batches", b"POST",
+                       b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", body), 413)
+    assert "too large" in err["message"] and time.monotonic() - start < 10
+    assert_no_traceback_since(server, mark)
+
+
+def test_a_compressed_upload_is_limited_by_what_it_inflates_to(server, key, db):
+    # 250 MB of JSONL lines inflated from well under 1 MB: over the file limit once inflated, so a
+    # 413, and no piece of it kept
+    import gzip
+    from eventbatch.validation import MAX_FILE_BYTES
+    line = jsonl([chat_line(1)])
+    inflated = line * ((MAX_FILE_BYTES + (50 << 20)) // len(line))
+    wrapped = multipart([(b'name="purpose"', b"batch"), (b'name="file"; filename="bomb.jsonl"', inflated)])
+    body = gzip.compress(wrapped, compresslevel=6)
+    del inflated, wrapped
+    assert len(body) < 2_000_000
+    pieces_before = db.fetchval("SELECT count(*) FROM file_blobs")
+    mark = len(server.log())
+    err = envelope(get(server, key, b"/v1/files", b"POST", b"Content-Type: multipart/form-data; boundary=fz\r\n"
+                       b"Content-Encoding: gzip\r\n", body), 413)
+    assert "larger than" in err["message"]
+    assert_no_traceback_since(server, mark)
+    assert db.fetchval("SELECT count(*) FROM file_blobs") <= pieces_before
+
+
 def test_a_well_compressed_json_body_still_works(server, key, client):
     import gzip
     f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
