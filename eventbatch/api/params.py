@@ -51,9 +51,10 @@ def query_text(q: Mapping[str, str], name: str) -> str | None:
 def position(raw: str | None) -> int | None:
     """A cursor that is a position in the log (`after=` of the events and results routes): None
     when it is not one. ASCII digits only (str.isdigit admits '²', which int() refuses) and
-    within bigint (a larger number cannot even be sent to Postgres): either was a 500."""
+    within bigint (a larger number cannot even be sent to Postgres): either was a 500. The
+    length first: int() refuses a string of over 4,300 digits, with a ValueError (a 500 too)."""
     if raw is None or raw == "":
         return 0
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_POSITION:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_POSITION)) or int(raw) > MAX_POSITION:
         return None
     return int(raw)

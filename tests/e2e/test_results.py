@@ -210,3 +210,14 @@ def test_large_answers_stored_compressed_are_served_as_they_came(client, db, dat
     assert sum('"request_succeeded"' in x for x in audit.stdout.splitlines()) == 6
     rebuild(database_url)
     assert content(client, done.output_file_id) == out
+
+
+def test_a_cursor_of_thousands_of_digits_is_a_400(client):
+    # int() refuses a string of over 4,300 digits: that was a 500
+    b = run_batch(client, [chat_line(0)])
+    for call in (lambda: get_results(client, b.id, after="9" * 5000),
+                 lambda: client.get(f"/batches/{b.id}/events", cast_to=object,
+                                    options={"params": {"after": "9" * 5000}})):
+        with pytest.raises(openai.BadRequestError) as bad:
+            call()
+        assert bad.value.body["param"] == "after"
