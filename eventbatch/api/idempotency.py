@@ -12,6 +12,9 @@ that creates the object, so
   two creates with one key make exactly one batch;
 - a request that fails (any 4xx or 5xx) rolls back, and the key stays free to retry with.
 
+A request other than an upload is known before it runs (its body is read first), so a repeat of
+a recorded one is answered, and another request under its key refused, before the handler runs.
+
 The request is known by a SHA-256 of method, path and body. A JSON body is small (the app's
 1 MiB cap) and read whole; an upload is hashed as it streams through the handler, part by part
 (name, filename, bytes) and not over the raw multipart body, whose boundary differs at every
@@ -26,6 +29,7 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..idempotency import RETENTION_SECONDS
 from ..sql import Q
@@ -53,15 +57,25 @@ class RequestDigest:
         return sha
 
     async def finish(self, request: web.Request) -> bytes:
-        """Read what the handler left unread (all of it, for a request that was not run) and
-        return the fingerprint."""
-        if request.content_type.startswith("multipart/"):
-            reader = self.reader or await multipart(request)
-            await reader.release()
-            body = [[name, filename, sha.hexdigest()] for name, filename, sha in self.parts]
-        else:
+        """Read what the handler left unread and return the fingerprint. Never raises for what
+        the client sent: it runs after the handler succeeded, and an error here would undo that
+        work and answer a 500."""
+        if self.reader is not None:      # an upload, read through multipart(): its parts
+            try:
+                await self.reader.release()
+            except (ValueError, HttpProcessingError, web.RequestPayloadError):
+                # What follows the parts the handler used does not parse: it counts as one more
+                # part (the same bytes sent again give the same fingerprint, and aiohttp
+                # ignores such a rest without a key too).
+                self.parts.append(("", None, hashlib.sha256(b"unreadable rest")))
+            body: object = [[name, filename, sha.hexdigest()] for name, filename, sha in self.parts]
+        else:                            # anything else whole, whatever its Content-Type says
             body = hashlib.sha256(await request.read()).hexdigest()
-        return hashlib.sha256(msgspec.json.encode([self.method, self.path, body])).digest()
+        try:
+            known = msgspec.json.encode([self.method, self.path, body])
+        except UnicodeEncodeError:       # a part name or filename holding bytes that are not UTF-8
+            known = repr([self.method, self.path, body]).encode()
+        return hashlib.sha256(known).digest()
 
 
 DIGEST = web.RequestKey("idempotency_digest", RequestDigest)
@@ -119,6 +133,13 @@ async def idempotency_middleware(request: web.Request, handler):
     _check_key(key)
     project = request[PROJECT]
     digest = request[DIGEST] = RequestDigest(request.method, request.path_qs)
+    if not request.content_type.startswith("multipart/"):
+        # A request other than an upload is known before it runs (its body is read already:
+        # slow_clients): a repeat is answered, and another request under the key refused, before
+        # the handler validates it (a reused key with a bad request is 409, not 400).
+        first = await request.app[POOL].fetchrow(Q.idempotency_recorded, project, key)
+        if first is not None:
+            return await _replay(request, key, digest, first)
 
     async def claim(conn: asyncpg.Connection) -> None:
         await conn.execute(Q.idempotency_wait_briefly)

@@ -25,6 +25,12 @@ SET LOCAL lock_timeout TO DEFAULT
 -- idempotency_get --
 SELECT request_hash, status, content_type, body FROM idempotency_keys WHERE project = $1 AND key = $2
 
+-- idempotency_recorded --
+-- The first response under the key, when one is recorded and within its 24 hours (a request
+-- known before it runs is answered from it without running: api/idempotency.py).
+SELECT request_hash, status, content_type, body FROM idempotency_keys
+WHERE project = $1 AND key = $2 AND expires_at > now() AND request_hash IS NOT NULL
+
 -- idempotency_record --
 -- The first request's response, in its own transaction (with the object it created).
 UPDATE idempotency_keys SET request_hash = $3, status = $4, content_type = $5, body = $6

@@ -290,3 +290,52 @@ async def test_a_duplicate_of_a_request_still_running_is_409_in_use_not_a_503(se
     finally:
         await holder.close()
     assert (await asyncio.to_thread(_create, client, f.id, key)).input_file_id == f.id
+
+
+def test_a_key_reused_with_another_request_that_is_also_invalid_is_409_not_400(server, new_key):
+    client = _client(server, new_key, f"idem-{uuid.uuid4().hex[:8]}")
+    f = _upload(client, [chat_line(0)])
+    key = _key()
+    _create(client, f.id, key)
+    with pytest.raises(openai.ConflictError) as caught:       # '48h' alone would be a 400
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="48h",
+                              extra_headers=key)
+    assert caught.value.code == "idempotency_key_reused"
+
+
+def _raw_post(server, key: str, path: str, headers: dict, body: bytes) -> tuple[int, dict]:
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+    u = urlsplit(server.base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.request("POST", u.path + path, body=body, headers={"Authorization": f"Bearer {key}", **headers})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_what_the_fingerprint_cannot_read_never_undoes_a_request(server, new_key, db):
+    # The fingerprint is taken after the handler succeeded: what it could not encode or parse
+    # answered a 500 and rolled the work back.
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    api_key = new_key(project)
+    key = str(uuid.uuid4())
+    # a part that is not the file, with a filename that is not UTF-8
+    body = (b'--fz\r\nContent-Disposition: form-data; name="purpose"; filename="caf\xe9"\r\n\r\nbatch\r\n'
+            b'--fz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+            + jsonl([chat_line(0)]) + b"\r\n--fz--\r\n")
+    headers = {"Content-Type": "multipart/form-data; boundary=fz", "Idempotency-Key": key}
+    status, first = _raw_post(server, api_key, "/files", headers, body)
+    assert status == 200, first
+    status, again = _raw_post(server, api_key, "/files", headers, body)
+    assert status == 200 and again["id"] == first["id"]
+    assert _count(db, "file_view", project) == 1
+    # a cancel sent with a multipart Content-Type (no boundary; a cancel reads no body)
+    client = _client(server, new_key, project)
+    b = _create(client, first["id"])
+    status, cancelled = _raw_post(server, api_key, f"/batches/{b.id}/cancel",
+                                  {"Content-Type": "multipart/form-data", "Idempotency-Key": str(uuid.uuid4())}, b"")
+    assert status == 200 and cancelled["status"] in ("cancelling", "cancelled"), cancelled
