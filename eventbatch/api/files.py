@@ -10,6 +10,7 @@ from .. import blobs, files as file_commands, projections, results
 from ..store import NotFound
 from . import params, uploads, wire
 from .state import POOL, PROJECT
+from .streaming import send_pages
 from .errors import bad_request, not_found
 from .paging import parse_limit, parse_choice
 
@@ -81,10 +82,7 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     # request events (SPEC §12.5); an upload's bytes are stored. Neither changes once written.
     pages = results.file_pages(pool, view.batch_id, view.results) if view.results and view.batch_id \
         else blobs.iter_pieces(pool, view.id)
-    async for piece in pages:
-        await response.write(piece)
-    await response.write_eof()
-    return response
+    return await send_pages(request, response, pages, file_id=view.id)
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,6 +16,7 @@ from ..result_lines import FAILED, SUCCEEDED
 from . import params
 from .errors import bad_request, not_found
 from .state import POOL, PROJECT
+from .streaming import send_pages
 
 CURSOR_HEADER = "x-results-cursor"
 
@@ -42,10 +43,8 @@ async def batch_results(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/jsonl", CURSOR_HEADER: str(upto),
                                            "Cache-Control": "no-store"})
     await response.prepare(request)
-    async for page in results.recorded_pages(pool, batch_id, after=after, upto=upto, kind=kind):
-        await response.write(page)
-    await response.write_eof()
-    return response
+    return await send_pages(request, response, results.recorded_pages(pool, batch_id, after=after, upto=upto,
+                                                                      kind=kind), batch_id=batch_id)
 
 
 def add_routes(app: web.Application) -> None:

@@ -162,3 +162,33 @@ def test_postgres_frozen_is_a_quick_503_and_thawed_is_200(own_postgres, start_pr
     status, _, body, _ = until_ok(f"{server.base_url}/batches/{b.id}", key)
     assert status == 200 and body["id"] == b.id
     assert_no_500(server)
+
+
+def test_a_download_cut_short_by_a_frozen_database_ends_early(own_postgres, start_proc, mock, new_key):
+    # The headers and the first pages are sent when the database freezes: the body must end early
+    # (the client sees an error it retries), not carry a second answer or end as if whole.
+    import socket
+    server = start_server(start_proc, mock.base_url, db_url=own_postgres.url, role="api")
+    key = new_key(db_url=own_postgres.url)
+    client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=60)
+    data = jsonl([chat_line(i, padding="x" * 10_000) for i in range(4_000)])        # ~40 MB: ten page reads
+    f = client.files.create(file=("big.jsonl", io.BytesIO(data)), purpose="batch")
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"GET /v1/files/{f.id}/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got or len(got) < 65536:
+            got += s.recv(65536)
+        own_postgres.freeze()
+        try:
+            start = time.monotonic()
+            while chunk := s.recv(1 << 20):
+                got += chunk
+                assert time.monotonic() - start < 30, "the connection was held"
+        finally:
+            own_postgres.thaw()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(data)}".encode() in head
+    assert 65536 <= len(body) < len(data) and body == data[:len(body)]     # what came is right, and short
+    assert b"HTTP/1.1 503" not in body
+    assert "stream_cut" in server.log()
