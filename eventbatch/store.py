@@ -89,19 +89,29 @@ async def settled_indexes(conn: asyncpg.Connection, batch_id: str, start: int, e
     return {r[0] for r in await conn.fetch(Q.outcome_settled_in_range, batch_id, start, end)}
 
 
-async def batch_events_page(conn: asyncpg.Connection, batch_id: str, *, after: int, limit: int) -> list[asyncpg.Record]:
-    """One page of a batch's events in log order: position, type, data (stored form), recorded_at."""
-    return await conn.fetch(Q.batch_events_page, batch_id, after, limit)
+PAGE_BYTES = 4 << 20     # of event JSON per page of a batch's events
+
+
+async def batch_events_page(conn: asyncpg.Connection, batch_id: str, *, after: int, limit: int,
+                            max_bytes: int = PAGE_BYTES) -> list[asyncpg.Record]:
+    """One page of a batch's events in log order: position, type, data (stored form),
+    recorded_at, and n, how many `limit` would have given (more than came: cut by bytes)."""
+    return await conn.fetch(Q.batch_events_page, batch_id, after, limit, max_bytes)
+
+
+def more_after(rows: Sequence[asyncpg.Record], limit: int) -> bool:
+    """Whether events follow a page read with `limit`: it is full, or its bytes cut it short."""
+    return bool(rows) and (len(rows) >= limit or len(rows) < rows[0]["n"])
 
 
 async def read_batch_events(conn: asyncpg.Connection, batch_id: str, *, after: int = 0,
                             page: int = 500) -> AsyncIterator[asyncpg.Record]:
-    """Every event of a batch in log order, fetched in pages (bounded memory)."""
+    """Every event of a batch in log order, fetched in pages (bounded memory: rows and bytes)."""
     while True:
-        rows = await conn.fetch(Q.batch_events_page, batch_id, after, page)
+        rows = await batch_events_page(conn, batch_id, after=after, limit=page)
         for r in rows:
             yield r
-        if len(rows) < page:
+        if not more_after(rows, page):
             return
         after = rows[-1]["position"]
 

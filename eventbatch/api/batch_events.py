@@ -77,7 +77,8 @@ async def batch_events(request: web.Request) -> web.StreamResponse:
     if rows is None:
         return await follow_batch(request, batch_id, after)
     items = [event_object(r) for r in rows[:limit]]
-    return web.Response(body=wire.encode(wire.list_object(items, len(rows) > limit)),
+    # limit + 1 read: one more row than shown says more follow; so does a page cut short by bytes
+    return web.Response(body=wire.encode(wire.list_object(items, store.more_after(rows, limit + 1))),
                         content_type="application/json")
 
 
@@ -109,7 +110,7 @@ async def follow_batch(request: web.Request, batch_id: str, after: int) -> web.S
             if rows:
                 await response.write(b"".join(sse_message(r) for r in rows))
                 last, sent, quiet_since = rows[-1]["position"], sent + len(rows), time.monotonic()
-                if len(rows) == STREAM_PAGE:
+                if store.more_after(rows, STREAM_PAGE):
                     continue  # more are waiting: no pause
             if status is None or status in TERMINAL:
                 break

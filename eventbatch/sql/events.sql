@@ -25,8 +25,17 @@ WHERE batch_id = $1 AND request_index >= $2 AND request_index < $3
 SELECT data FROM events WHERE batch_id = $1 AND request_index IS NOT NULL ORDER BY request_index
 
 -- batch_events_page --
-SELECT position, type, data, recorded_at FROM events
-WHERE batch_id = $1 AND position > $2 ORDER BY position LIMIT $3
+-- The batch's events after position $2: $3 at most, and while $4 bytes of their JSON are not
+-- reached (a page holds at least one; an outcome's body can be megabytes). n: how many the $3
+-- would have been (fewer came back: the bytes cut the page short, and more are waiting).
+SELECT position, type, data, recorded_at, n FROM (
+    SELECT position, type, data, recorded_at, json_bytes, sum(json_bytes) OVER (ORDER BY position) AS upto,
+           count(*) OVER () AS n
+    FROM (SELECT position, type, data, recorded_at, coalesce(size, octet_length(data)) AS json_bytes FROM events
+          WHERE batch_id = $1 AND position > $2 ORDER BY position LIMIT $3) p
+) w
+WHERE upto - json_bytes < $4
+ORDER BY position
 
 -- batch_in_log --
 SELECT 1 FROM events WHERE batch_id = $1 LIMIT 1

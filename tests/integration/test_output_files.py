@@ -113,3 +113,28 @@ def test_large_outcomes_are_stored_compressed_and_pages_count_their_json(url):
                                                           page_bytes=250_000)]
         assert [p.count(b"\n") for p in recorded] == [3, 3, 3, 1]
     _go(url, scenario)
+
+
+def test_a_batchs_event_pages_are_bounded_by_bytes_too(url):
+    """The events feed and replay read a batch's events in pages of rows and of bytes (the JSON's,
+    store.PAGE_BYTES): ten 1 MB answers do not come in one page of 10 MB."""
+    body = msgspec.Raw(msgspec.json.encode({"answer": "word " * 200_000}))
+    outcomes = [ev.RequestSucceeded(index=i, custom_id=f"req-{i}", status_code=200, request_id=f"req_{i}",
+                                    attempts=[], body=body) for i in range(10)]
+
+    async def scenario(pool):
+        bid = await _running_batch(pool, 10)
+        await _record(pool, bid, outcomes)
+        async with pool.acquire() as conn:
+            everything = [r async for r in store.read_batch_events(conn, bid)]
+            page = await store.batch_events_page(conn, bid, after=0, limit=100, max_bytes=2_500_000)
+            one = await store.batch_events_page(conn, bid, after=0, limit=100, max_bytes=1)
+        # created, validated, started, then the ten outcomes: all of them, once, in log order
+        assert [r["type"] for r in everything].count("request_succeeded") == 10
+        assert [r["position"] for r in everything] == sorted({r["position"] for r in everything})
+        outcomes_on_page = [r for r in page if r["type"] == "request_succeeded"]
+        assert 1 <= len(outcomes_on_page) <= 3 and store.more_after(page, 100)
+        assert len(one) == 1 and store.more_after(one, 100)          # at least one event moves
+        last = await store.batch_events_page(pool, bid, after=everything[-2]["position"], limit=100)
+        assert len(last) == 1 and not store.more_after(last, 100)
+    _go(url, scenario)
