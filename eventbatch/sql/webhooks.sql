@@ -20,8 +20,12 @@ ORDER BY project, created_at, id
 UPDATE webhook_endpoints SET removed_at = now() WHERE id = $1 AND removed_at IS NULL RETURNING project, url
 
 -- webhook_endpoints_of_project --
+-- In the transaction of a batch's terminal event. FOR SHARE: a `webhooks remove` running at the
+-- same time waits for this transaction, then finds the delivery it owes and drops it; without
+-- the lock the removal could miss it, and it went to the endpoint just removed.
 SELECT id, url, event_types FROM webhook_endpoints
 WHERE project = $1 AND removed_at IS NULL ORDER BY created_at, id
+FOR SHARE
 
 -- webhook_delivery_insert --
 INSERT INTO webhook_deliveries (id, endpoint_id, batch_id, payload) VALUES ($1, $2, $3, $4)
