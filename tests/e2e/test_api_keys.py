@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from conftest import ROOT, base_env, said_lines, start_server
-from eventbatch import ids
+from eventbatch import events as ev, ids
 
 
 def keys_cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
@@ -74,7 +74,7 @@ def test_create_list_revoke_from_the_command_line(server, database_url, db):
     rows = db.fetch("SELECT type, version, data FROM events WHERE stream = $1 ORDER BY version",
                     f"key-{entry['id']}")
     assert [(r["type"], r["version"]) for r in rows] == [("api_key_created", 1), ("api_key_revoked", 2)]
-    created = json.loads(rows[0]["data"])
+    created = json.loads(ev.plain(rows[0]["data"]))
     assert created["project"] == project and created["key_id"] == entry["id"]
     secrets = (key.encode(), ids.key_hash(key).encode())
     assert not db.fetchval("SELECT count(*) FROM events WHERE position($1 IN data) > 0 OR position($2 IN data) > 0",

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import (UPSTREAM_KEY, chat_line, jsonl, mock_stats, start_mock, start_server,
                       wait_status)
+from eventbatch import events as ev
 from invariants import assert_invariants
 
 
@@ -51,7 +52,7 @@ def test_2000_requests_complete_with_counts_usage_and_final_400s(client, db, moc
         assert e["error"] is None and e["response"]["status_code"] == 400
         assert e["response"]["body"]["error"]["type"] == "invalid_request_error"
     attempts = db.fetch("SELECT data FROM events WHERE batch_id = $1 AND type = 'request_failed'", b.id)
-    assert all(len(json.loads(r["data"])["attempts"]) == 1 for r in attempts)
+    assert all(len(json.loads(ev.plain(r["data"]))["attempts"]) == 1 for r in attempts)
     # usage is the sum of the successful responses' usage blocks
     u = [x["response"]["body"]["usage"] for x in out]
     assert done.usage.input_tokens == sum(x["prompt_tokens"] for x in u) > 0
@@ -91,9 +92,9 @@ def test_30_percent_429_and_5xx_still_complete(start_proc, new_key, iso):
     out, err = assert_invariants(client, iso, b.id, [x["custom_id"] for x in lines])
     assert len(out) == 1000 and err == []
     rows = iso.fetch("SELECT data FROM events WHERE batch_id = $1 AND type = 'request_succeeded'", b.id)
-    attempts = [len(json.loads(r["data"])["attempts"]) for r in rows]
+    attempts = [len(json.loads(ev.plain(r["data"]))["attempts"]) for r in rows]
     assert max(attempts) <= 12 and sum(a > 1 for a in attempts) > 100  # retries happened, under the cap
-    statuses = {a["status_code"] for r in rows for a in json.loads(r["data"])["attempts"]}
+    statuses = {a["status_code"] for r in rows for a in json.loads(ev.plain(r["data"]))["attempts"]}
     assert {429, 200} <= statuses and statuses & {500, 502, 503}
     stats = mock_stats(mock)
     assert stats["duplicate_successes"] == 0  # no request sent again after it succeeded
@@ -122,7 +123,7 @@ def test_cancel_mid_run_stops_new_requests_and_keeps_partial_output(start_proc, 
     assert late == []
     assert done.cancelling_at <= done.cancelled_at
     # requests cut short keep their attempts in the log (every attempt is recorded)
-    cut = [json.loads(r["data"]) for r in iso.fetch(
+    cut = [json.loads(ev.plain(r["data"])) for r in iso.fetch(
         "SELECT data FROM events WHERE batch_id = $1 AND type = 'request_failed'", b.id)]
     aborted = [e for e in cut if e.get("attempts") and e["attempts"][-1].get("error") == "aborted"]
     assert aborted and all(e["error_code"] == "batch_cancelled" for e in aborted)
@@ -337,7 +338,7 @@ def test_a_paused_worker_that_lost_its_lease_records_nothing(start_proc, new_key
     # after the pause: none of the answers the paused worker brought back got in.
     firsts = {}
     for r in iso.fetch("SELECT data FROM events WHERE batch_id = $1 AND request_index IS NOT NULL", b.id):
-        o = json.loads(r["data"])
+        o = json.loads(ev.plain(r["data"]))
         firsts[o["index"]] = o["attempts"][0]["at"]
     taken = [i for c in held for i in range(4 * c, 4 * c + 4)]
     stale = [i for i in taken if firsts[i] < paused_at]

@@ -13,6 +13,7 @@ import urllib.request
 import openai
 
 from conftest import chat_line, jsonl, start_mock, start_server
+from eventbatch import events as ev
 
 
 def _per_minute(mock, since: float) -> dict[datetime.datetime, list[dict]]:
@@ -65,7 +66,7 @@ def test_tpm_holds_across_two_workers_estimated_then_settled(start_proc, new_key
     time.sleep(12)
     client.batches.cancel(b.id)
     minutes = _per_minute(mock, since)
-    done = [json.loads(bytes(r["data"])) for r in iso.fetch(
+    done = [json.loads(ev.plain(bytes(r["data"]))) for r in iso.fetch(
         "SELECT data FROM events WHERE batch_id = $1 AND type = 'request_succeeded'", b.id)]
     used = {e["index"]: e["usage"]["total_tokens"] for e in done}
     assert len(used) >= 8

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from conftest import UPSTREAM_KEY, chat_line, jsonl, mock_configure, mock_stats, start_mock, start_server, wait_status
+from eventbatch import events as ev
 from invariants import assert_invariants
 
 
@@ -48,7 +49,7 @@ def metrics(proc) -> dict[str, float]:
 
 
 def outcome_events(db, batch_id: str, kind: str) -> list[dict]:
-    return [json.loads(bytes(r["data"])) for r in
+    return [json.loads(ev.plain(bytes(r["data"]))) for r in
             db.fetch("SELECT data FROM events WHERE batch_id = $1 AND type = $2", batch_id, kind)]
 
 
