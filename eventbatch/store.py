@@ -72,17 +72,18 @@ async def append_outcomes(conn: asyncpg.Connection, batch_id: str,
         return set()
     settled = {r[0] for r in await conn.fetch(Q.outcome_settled_among, batch_id, [o.index for o in outcomes])}
     stream = batch_stream(batch_id)
-    records = []
+    records, recorded = [], set()
     for o in outcomes:
         if o.index not in settled:
             settled.add(o.index)  # and the first of two outcomes for one request wins
+            recorded.add(o.index)
             json = ev.encode(o)
             records.append((f"{stream}/{o.index}", 1, ev.type_tag(o), ev.stored(json), len(json), batch_id,
                             o.index, ev.summarize(o)))
     if records:
         await conn.copy_records_to_table("events", records=records, columns=OUTCOME_COLUMNS)
     EVENTS_APPENDED.inc(amount=len(records))
-    return {r[6] for r in records}
+    return recorded
 
 
 async def settled_indexes(conn: asyncpg.Connection, batch_id: str, start: int, end: int) -> set[int]:

@@ -26,6 +26,12 @@ _MESSAGES = {
 }
 
 
+# The head's timer reads RequestHandler's own state (aiohttp 3.14); without it the timer is off
+# rather than wrong (tests/e2e/test_slow_uploads.py shows it on).
+_HANDLER_STATE = ("_request_in_progress", "_messages", "_request_count", "_force_close")
+HEAD_TIMER = all(name in RequestHandler.__slots__ for name in _HANDLER_STATE)
+
+
 class _EnvelopeHandler(RequestHandler):
     # A request's head (request line and headers) must arrive within this many seconds of its
     # first byte, or the connection is closed: aiohttp has no such limit, so a client sending its
@@ -35,6 +41,8 @@ class _EnvelopeHandler(RequestHandler):
     _head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
+        if not HEAD_TIMER:
+            return super().data_received(data)
         # Between requests (none being handled, none parsed and waiting), bytes begin a head.
         between = not self._request_in_progress and not self._messages
         parsed = self._request_count
