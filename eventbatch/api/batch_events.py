@@ -89,6 +89,9 @@ async def follow_batch(request: web.Request, batch_id: str, after: int) -> web.S
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})  # a buffering proxy (nginx) would hold the feed back
     await response.prepare(request)
+    if request.method == "HEAD":      # the headers alone (api/streaming.py says why)
+        await response.write_eof()
+        return response
     log.info("batch_events_stream_opened", batch_id=batch_id, after=after)
     last, sent, quiet_since, reason = after, 0, time.monotonic(), "batch_ended"
     try:

@@ -20,7 +20,13 @@ log = structlog.get_logger("eventbatch.api")
 
 async def send_pages(request: web.Request, response: web.StreamResponse, pages: AsyncIterable[bytes],
                      **fields) -> web.StreamResponse:
-    """Write `pages` to a prepared `response` and end it; cut the connection if reading them fails."""
+    """Write `pages` to a prepared `response` and end it; cut the connection if reading them fails.
+    A HEAD gets the headers alone: aiohttp leaves the body of a streamed answer to its handler,
+    and a body after a HEAD's headers is read by the client as the next response (a file's bytes
+    could pose as an answer to whatever it asks next on that connection)."""
+    if request.method == "HEAD":
+        await response.write_eof()
+        return response
     sent = 0
     try:
         async for page in pages:
