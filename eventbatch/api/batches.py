@@ -46,7 +46,8 @@ async def decode_json(request: web.Request, decoder: msgspec.json.Decoder):
     except msgspec.ValidationError as exc:
         text = str(exc)
         path = _PATH.search(text)
-        param = path.group(1).replace("[", ".").replace("]", "") if path else None
+        # msgspec writes a dict's key as [...] (it does not say which): the param is the dict
+        param = path.group(1).replace("[...]", "").replace("[", ".").replace("]", "") if path else None
         if m := _MISSING.search(text):
             field = ".".join(p for p in (param, m.group(1)) if p)
             raise bad_request(f"Missing required parameter: '{field}'.", param=field) from None
@@ -60,6 +61,9 @@ async def decode_json(request: web.Request, decoder: msgspec.json.Decoder):
     except msgspec.DecodeError:
         raise bad_request("We could not parse the JSON body of your request. Send valid JSON "
                           "(see https://www.json.org).") from None
+    except RecursionError:     # nested deeper than msgspec follows (~1,000 levels)
+        raise bad_request("The JSON body of your request is nested too deeply to read. Send at most a few "
+                          "levels of objects and arrays.") from None
 
 
 def check_metadata(metadata: dict[str, object] | None) -> dict[str, str] | None:
@@ -85,7 +89,7 @@ def check_metadata(metadata: dict[str, object] | None) -> dict[str, str] | None:
 async def create_batch(request: web.Request) -> web.Response:
     body: CreateBatchBody = await decode_json(request, _create_decoder)
     project = request[PROJECT]
-    params.text(body.input_file_id, "input_file_id")
+    params.an_id(body.input_file_id, "input_file_id")
     if body.endpoint not in ENDPOINTS:
         raise invalid_value("endpoint", body.endpoint, ENDPOINTS)
     if body.completion_window != "24h":

@@ -42,10 +42,23 @@ class ApiError(Exception):
         return response
 
 
+def _sendable(text: str | None) -> str | None:
+    """Text that JSON can carry: a message or param that echoes what the client sent may hold
+    lone surrogates (aiohttp's stand-ins for bytes that are not UTF-8), which the encoder
+    refuses: shown as \\udcff escapes instead, so the 400 does not become a 500."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
                    type: str | None = None, headers: dict | None = None) -> web.Response:
-    body = Envelope(ErrorBody(message=message, type=type or _TYPES.get(status, "invalid_request_error"),
-                              param=param, code=code))
+    body = Envelope(ErrorBody(message=_sendable(message), type=type or _TYPES.get(status, "invalid_request_error"),
+                              param=_sendable(param), code=code))
     return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",
                         headers=headers)
 

@@ -11,10 +11,10 @@ def parse_limit(q: Mapping[str, str], *, default: int, high: int) -> int:
     raw = q.get("limit")
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"limit must be a whole number between 1 and {high}.", param="limit") from None
+    # ASCII digits only: int() also takes '+5', '1_0' and other scripts' digits
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+        raise bad_request(f"limit must be a whole number between 1 and {high}.", param="limit")
+    value = int(raw)
     if not 1 <= value <= high:
         raise bad_request(f"limit must be between 1 and {high}; got {value}.", param="limit")
     return value

@@ -34,7 +34,12 @@ def text(value: str, param: str, what: str | None = None) -> str:
 
 def path_id(request: web.Request, name: str) -> str:
     """An id from the path ({file_id}, {batch_id})."""
-    value = request.match_info[name]
+    return an_id(request.match_info[name], name)
+
+
+def an_id(value: str, name: str) -> str:
+    """An id the client names (in the path, or a body's input_file_id): not echoed whole when it
+    cannot be one."""
     if len(value) > MAX_ID_CHARS:
         raise bad_request(f"'{name}' is {len(value)} characters long; ids are at most {MAX_ID_CHARS}.", param=name)
     return text(value, name)

@@ -192,11 +192,11 @@ def expires_after(fields: dict[str, str], as_json: bytes | None) -> int | None:
         return None
     if anchor != "created_at":
         raise bad_request("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor")
-    try:
-        value = int(seconds or "")
-    except ValueError:
+    # ASCII digits only: int() also takes '+5', '1_0' and other scripts' digits
+    if not (seconds and seconds.isascii() and seconds.isdigit() and len(seconds) <= 9):
         raise bad_request("expires_after[seconds] must be a whole number of seconds.",
-                          param="expires_after.seconds") from None
+                          param="expires_after.seconds")
+    value = int(seconds)
     if not 3600 <= value <= 2_592_000:
         raise bad_request("expires_after[seconds] must be between 3600 (1 hour) and 2592000 (30 days).",
                           param="expires_after.seconds")

@@ -13,7 +13,7 @@ import uuid
 import openai
 import pytest
 
-from conftest import chat_line, jsonl
+from conftest import chat_line, jsonl, wait_status
 
 
 def host_port(server) -> tuple[str, int]:
@@ -360,3 +360,78 @@ def test_a_client_that_leaves_mid_json_body_is_one_quiet_line(server, key):
     assert_no_traceback_since(server, mark)
     assert _metric(server, "/v1/batches", 499) == before_499 + 1
     assert _metric(server, "/v1/batches", 500) == before_500
+
+
+def test_json_nested_past_what_the_decoder_follows_is_a_400(server, key, client):
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    deep = b"[" * 2000 + b"]" * 2000
+    body = (b'{"input_file_id": "' + f.id.encode() + b'", "endpoint": "/v1/chat/completions", '
+            b'"completion_window": "24h", "metadata": {"a": ' + deep + b"}}")
+    mark = len(server.log())
+    err = envelope(get(server, key, b"/v1/batches", b"POST", b"Content-Type: application/json\r\n", body), 400)
+    assert "nested too deeply" in err["message"]
+    assert_no_traceback_since(server, mark)
+
+
+def test_echoed_bytes_that_are_not_utf8_stay_a_400(server, key, client):
+    # a 400 that repeats what was sent must not fail to encode it (that was a 500)
+    b = client.batches.create(input_file_id=client.files.create(
+        file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch").id,
+        endpoint="/v1/chat/completions", completion_window="24h")
+    mark = len(server.log())
+    err = envelope(get(server, client.api_key, f"/v1/batches/{b.id}/events".encode(), b"GET",
+                       b"Accept: text/event-stream\r\nLast-Event-ID: \xff\xfe\r\n"), 400)
+    assert "Last-Event-ID" in err["message"]
+    envelope(upload_parts(server, key, [(b'name="\xff\xfe"', b"v" * 2000)]), 400)
+    assert_no_traceback_since(server, mark)
+
+
+def upload_parts(server, key: str, extra_parts):
+    body = multipart([(b'name="purpose"', b"batch"), *extra_parts,
+                      (b'name="file"; filename="a.jsonl"', jsonl([chat_line(1)]))])
+    return get(server, key, b"/v1/files", b"POST", b"Content-Type: multipart/form-data; boundary=fz\r\n", body)
+
+
+def test_numbers_and_ids_are_read_strictly(server, key, client):
+    f = client.files.create(file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    create = (b'{"input_file_id": "' + f.id.encode() + b'", "endpoint": "/v1/chat/completions", '
+              b'"completion_window": "24h", "metadata": {"a": 1e400}}')
+    envelope(get(server, client.api_key, b"/v1/batches", b"POST", b"Content-Type: application/json\r\n", create), 400,
+             "metadata")                                      # not "metadata...."
+    for limit in (b"%2B5", b"1_0", "\u0665".encode()):        # '+5', '1_0', Arabic-Indic 5: int() takes them
+        envelope(get(server, key, b"/v1/batches?limit=" + limit.replace("\u0665".encode(), b"%D9%A5")), 400, "limit")
+    huge = b'{"input_file_id": "' + b"f" * 1_000_000 + b'", "endpoint": "/v1/chat/completions", "completion_window": "24h"}'
+    err = envelope(get(server, key, b"/v1/batches", b"POST", b"Content-Type: application/json\r\n", huge), 400,
+                   "input_file_id")
+    assert len(err["message"]) < 200
+    err = envelope(upload_parts(server, key, [(b'name="expires_after[anchor]"', b"created_at"),
+                                              (b'name="expires_after[seconds]"', b"+3600")]), 400)
+    assert err["param"] == "expires_after.seconds"
+
+
+@pytest.mark.parametrize("route", ["content", "results", "events"])
+def test_a_head_of_a_streamed_answer_sends_no_body(server, key, client, route):
+    # a body after a HEAD's headers is read as the next response on the connection: a file's
+    # bytes could pose as the answer to the next request
+    import http.client
+    f = client.files.create(file=("a.jsonl", io.BytesIO(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" + b"\n"
+                                                      + jsonl([chat_line(1)]))), purpose="batch")
+    b = client.batches.create(input_file_id=client.files.create(
+        file=("a.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch").id,
+        endpoint="/v1/chat/completions", completion_window="24h")
+    wait_status(client, b.id, {"completed"})
+    target, headers = {"content": (f"/v1/files/{f.id}/content", {}),
+                       "results": (f"/v1/batches/{b.id}/results", {}),
+                       "events": (f"/v1/batches/{b.id}/events", {"Accept": "text/event-stream"})}[route]
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    auth = {"Authorization": f"Bearer {client.api_key}"}
+    try:
+        conn.request("HEAD", target, headers={**auth, **headers})
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b""
+        conn.request("GET", "/v1/batches?limit=1", headers=auth)     # the same connection, next
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["object"] == "list"
+    finally:
+        conn.close()
