@@ -7,42 +7,40 @@ import base64
 import hashlib
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .envelopes import encode, hex_id
 
 _MAX_DIMENSIONS = 4096
 
 
+def _pieces(value: Any) -> Iterator[str | int]:
+    """The text of a prompt, message list or input items, in order, and each token id (an int).
+    A stack, not recursion: a request nested a thousand deep is still answered."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, list):
+            stack.extend(reversed(v))
+        elif isinstance(v, dict):
+            content = v.get("content")
+            if content is not None:
+                stack.append(content)
+            elif isinstance(text := v.get("text"), str):
+                yield text
+        elif isinstance(v, int):
+            yield v
+
+
 def _chars(value: Any) -> int:
     """Characters of text in a prompt, message list or input items; a token id counts as 4."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_chars(v) for v in value)
-    if isinstance(value, dict):
-        content = value.get("content")
-        if content is not None:
-            return _chars(content)
-        text = value.get("text")
-        return len(text) if isinstance(text, str) else 0
-    if isinstance(value, int):
-        return 4
-    return 0
+    return sum(len(p) if isinstance(p, str) else 4 for p in _pieces(value))
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(_text(v) for v in value)
-    if isinstance(value, dict):
-        content = value.get("content")
-        if content is not None:
-            return _text(content)
-        text = value.get("text")
-        return text if isinstance(text, str) else ""
-    return ""
+    return "".join(p for p in _pieces(value) if isinstance(p, str))
 
 
 def _tokens(value: Any) -> int:

@@ -85,6 +85,19 @@ async def test_chat_completion_is_deterministic_and_has_usage():
 
 
 @pytest.mark.asyncio
+async def test_a_message_nested_deep_is_still_answered():
+    # what the gateway's validator accepts (msgspec follows ~1,000 levels), the mock answers:
+    # its text walk was recursive and answered 500 past ~500 levels, which the gateway retried
+    deep: object = "deep"
+    for _ in range(900):
+        deep = [deep]
+    async with mock_upstream() as (session, base):
+        status, _, answer = await post(session, base + "/chat/completions",
+                                       {"model": "m1", "messages": [{"role": "user", "content": deep}]})
+        assert status == 200 and answer["choices"][0]["message"]["content"] == "echo: deep"
+
+
+@pytest.mark.asyncio
 async def test_completions_embeddings_responses_moderations_models():
     async with mock_upstream() as (session, base):
         status, _, answer = await post(session, base + "/completions", {"model": "m1", "prompt": "abcdefgh"})
