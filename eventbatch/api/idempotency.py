@@ -134,9 +134,10 @@ async def idempotency_middleware(request: web.Request, handler):
     project = request[PROJECT]
     digest = request[DIGEST] = RequestDigest(request.method, request.path_qs)
     if not request.content_type.startswith("multipart/"):
-        # A request other than an upload is known before it runs (its body is read already:
-        # slow_clients): a repeat is answered, and another request under the key refused, before
-        # the handler validates it (a reused key with a bad request is 409, not 400).
+        # A request other than an upload is known before it runs (a JSON body is read already,
+        # slow_clients, and others are small): a repeat is answered, and another request under
+        # the key refused, before the handler validates it (a reused key with a bad request is
+        # 409, not 400).
         first = await request.app[POOL].fetchrow(Q.idempotency_recorded, project, key)
         if first is not None:
             return await _replay(request, key, digest, first)

@@ -435,3 +435,10 @@ def test_a_head_of_a_streamed_answer_sends_no_body(server, key, client, route):
         assert r.status == 200 and json.loads(r.read())["object"] == "list"
     finally:
         conn.close()
+
+
+def test_an_upload_sent_as_raw_bytes_hears_how_to_send_it_whatever_its_size(server, key):
+    body = jsonl([chat_line(i) for i in range(20_000)])          # ~2 MB: over the 1 MiB of a JSON body
+    assert len(body) > 1 << 20
+    err = envelope(get(server, key, b"/v1/files", b"POST", b"Content-Type: application/octet-stream\r\n", body), 400)
+    assert "multipart/form-data" in err["message"]
