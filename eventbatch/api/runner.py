@@ -28,7 +28,7 @@ _MESSAGES = {
 
 # The head's timer reads RequestHandler's own state (aiohttp 3.14); without it the timer is off
 # rather than wrong (tests/e2e/test_slow_uploads.py shows it on).
-_HANDLER_STATE = ("_request_in_progress", "_messages", "_request_count", "_force_close")
+_HANDLER_STATE = ("_waiter", "_messages", "_request_count", "_force_close")
 HEAD_TIMER = all(name in RequestHandler.__slots__ for name in _HANDLER_STATE)
 
 
@@ -43,8 +43,12 @@ class _EnvelopeHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not HEAD_TIMER:
             return super().data_received(data)
-        # Between requests (none being handled, none parsed and waiting), bytes begin a head.
-        between = not self._request_in_progress and not self._messages
+        # Bytes begin a head only while the handler waits for the next request (or before its
+        # first). Not while a request runs, nor while aiohttp drains a body its handler left
+        # unread: body bytes then are no head (and once armed, only a head or the end of the
+        # connection disarms the timer: an idle kept-alive connection was closed).
+        waiting = self._waiter is not None and not self._waiter.done()
+        between = (waiting or self._request_count == 0) and not self._messages
         parsed = self._request_count
         super().data_received(data)
         if self._request_count > parsed:
