@@ -12,8 +12,9 @@ that creates the object, so
   two creates with one key make exactly one batch;
 - a request that fails (any 4xx or 5xx) rolls back, and the key stays free to retry with.
 
-A request other than an upload is known before it runs (its body is read first), so a repeat of
-a recorded one is answered, and another request under its key refused, before the handler runs.
+A JSON request (or one without a body) is known before it runs (its body is read first), so a
+repeat of a recorded one is answered, and another request under its key refused, before the
+handler runs.
 
 The request is known by a SHA-256 of method, path and body. A JSON body is small (the app's
 1 MiB cap) and read whole; an upload is hashed as it streams through the handler, part by part
@@ -70,7 +71,12 @@ class RequestDigest:
                 self.parts.append(("", None, hashlib.sha256(b"unreadable rest")))
             body: object = [[name, filename, sha.hexdigest()] for name, filename, sha in self.parts]
         else:                            # anything else whole, whatever its Content-Type says
-            body = hashlib.sha256(await request.read()).hexdigest()
+            try:
+                body = hashlib.sha256(await request.read()).hexdigest()
+            except (web.HTTPRequestEntityTooLarge, web.RequestPayloadError, HttpProcessingError):
+                # over the 1 MiB a non-upload body may have, or undecodable: no route reads such a
+                # body, so it stands for all of them alike
+                body = "unreadable body"
         try:
             known = msgspec.json.encode([self.method, self.path, body])
         except UnicodeEncodeError:       # a part name or filename holding bytes that are not UTF-8
@@ -133,11 +139,10 @@ async def idempotency_middleware(request: web.Request, handler):
     _check_key(key)
     project = request[PROJECT]
     digest = request[DIGEST] = RequestDigest(request.method, request.path_qs)
-    if not request.content_type.startswith("multipart/"):
-        # A request other than an upload is known before it runs (a JSON body is read already,
-        # slow_clients, and others are small): a repeat is answered, and another request under
-        # the key refused, before the handler validates it (a reused key with a bad request is
-        # 409, not 400).
+    if request.content_type == "application/json" or not request.body_exists:
+        # A JSON request is known before it runs (its body is read already, under its deadline:
+        # slow_clients): a repeat is answered, and another request under the key refused, before
+        # the handler validates it (a reused key with a bad request is 409, not 400).
         first = await request.app[POOL].fetchrow(Q.idempotency_recorded, project, key)
         if first is not None:
             return await _replay(request, key, digest, first)

@@ -147,10 +147,10 @@ async def create_file(request: web.Request) -> web.Response:
                 expires_json = await reader.field(part)
             elif part.name:
                 fields[part.name] = (await reader.field(part)).decode("utf-8", "replace")
-            elif unreadable is None:
+            elif not unreadable and part.headers.get("Content-Disposition"):
                 # aiohttp could not parse its Content-Disposition (e.g. a ';' after an escaped
                 # quote in the filename): said if the file is then missing, not "missing" alone.
-                unreadable = part.headers.get("Content-Disposition", "")
+                unreadable = part.headers["Content-Disposition"]
         if stored is None and unreadable:
             raise bad_request(f"A part's Content-Disposition header could not be read ({unreadable[:80]!r}), so "
                               "no 'file' field was found. Quote the filename without ';' or '\\\"' in it, or send "

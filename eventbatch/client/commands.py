@@ -268,7 +268,7 @@ def _errors(batch: Batch) -> str:
     shown = []
     for e in (batch.errors.data or [])[:3]:
         # Our messages begin "Line 3: …" already (OpenAI's do not): the line is said once.
-        named = e.line and e.message.lower().startswith(f"line {e.line}")
+        named = e.line and e.message.lower().startswith(f"line {e.line}:")
         where = f"line {e.line}: " if e.line and not named else ""
         shown.append(f"{where}{e.message} ({e.code})" if e.code else f"{where}{e.message}")
     more = len(batch.errors.data) - len(shown)

@@ -339,3 +339,17 @@ def test_what_the_fingerprint_cannot_read_never_undoes_a_request(server, new_key
     status, cancelled = _raw_post(server, api_key, f"/batches/{b.id}/cancel",
                                   {"Content-Type": "multipart/form-data", "Idempotency-Key": str(uuid.uuid4())}, b"")
     assert status == 200 and cancelled["status"] in ("cancelling", "cancelled"), cancelled
+
+
+def test_a_large_body_no_route_reads_does_not_undo_a_request_with_a_key(server, new_key):
+    # a cancel sent with 2 MiB of text: the cancel reads no body, and the fingerprint must not
+    # fail on it (over the 1 MiB a non-upload body may have) after the cancel succeeded
+    project = f"idem-{uuid.uuid4().hex[:8]}"
+    api_key = new_key(project)
+    client = _client(server, new_key, project)
+    b = _create(client, _upload(client, [slow_line(0, 30)]).id)
+    headers = {"Content-Type": "text/plain", "Idempotency-Key": str(uuid.uuid4())}
+    status, first = _raw_post(server, api_key, f"/batches/{b.id}/cancel", headers, b"x" * (2 << 20))
+    assert status == 200 and first["status"] in ("cancelling", "cancelled"), first
+    status, again = _raw_post(server, api_key, f"/batches/{b.id}/cancel", headers, b"x" * (2 << 20))
+    assert status == 200 and again["cancelling_at"] == first["cancelling_at"]
