@@ -86,13 +86,17 @@ def test_closing_writes_no_bytes_and_knows_the_sizes(url, forget_sizes):
     _go(url, scenario)
 
 
+def _ten_answers(text: str) -> list[ev.RequestSucceeded]:
+    body = msgspec.Raw(msgspec.json.encode({"answer": text}))
+    return [ev.RequestSucceeded(index=i, custom_id=f"req-{i}", status_code=200, request_id=f"req_{i}",
+                                attempts=[], body=body) for i in range(10)]
+
+
 def test_large_outcomes_are_stored_compressed_and_pages_count_their_json(url):
     """A large answer is a zstd frame in the log (migrations/070), and a page's byte budget
     counts the JSON it will send, not the frames: 100 kB answers of one repeated word are frames
     of a few hundred bytes, and a budget of 250 kB must still cut the file into pages of 3."""
-    body = msgspec.Raw(msgspec.json.encode({"answer": "same " * 20_000}))
-    outcomes = [ev.RequestSucceeded(index=i, custom_id=f"req-{i}", status_code=200, request_id=f"req_{i}",
-                                    attempts=[], body=body) for i in range(10)]
+    outcomes = _ten_answers("same " * 20_000)
 
     async def scenario(pool):
         bid = await _running_batch(pool, 10)
@@ -118,9 +122,7 @@ def test_large_outcomes_are_stored_compressed_and_pages_count_their_json(url):
 def test_a_batchs_event_pages_are_bounded_by_bytes_too(url):
     """The events feed and replay read a batch's events in pages of rows and of bytes (the JSON's,
     store.PAGE_BYTES): ten 1 MB answers do not come in one page of 10 MB."""
-    body = msgspec.Raw(msgspec.json.encode({"answer": "word " * 200_000}))
-    outcomes = [ev.RequestSucceeded(index=i, custom_id=f"req-{i}", status_code=200, request_id=f"req_{i}",
-                                    attempts=[], body=body) for i in range(10)]
+    outcomes = _ten_answers("word " * 200_000)
 
     async def scenario(pool):
         bid = await _running_batch(pool, 10)
