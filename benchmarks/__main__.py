@@ -108,6 +108,22 @@ def run_one(name: str, quick: bool, full: bool, ctx) -> dict:
     return result
 
 
+def run_alone(run, quick: bool, full: bool) -> int:
+    """`python -m benchmarks.NAME`: one benchmark's run() in a context of its own, its table
+    and notes printed, its databases dropped."""
+    from .context import Context
+    with tempfile.TemporaryDirectory() as t:
+        ctx = Context(Path(t))
+        try:
+            res = run(quick, full, ctx)
+        finally:
+            ctx.drop_databases()
+            ctx.close()
+    print(table([res]))
+    print("\n" + res["notes"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
     p.add_argument("--quick", action="store_true", help="small sizes, under two minutes (CI)")

@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 from .outage import TERMINAL, _lines, _metric
 from .processes import Processes
@@ -129,18 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--full", action="store_true")
     a = p.parse_args(argv)
-    from .context import Context
-    with tempfile.TemporaryDirectory() as t:
-        ctx = Context(Path(t))
-        try:
-            res = run(a.quick, a.full, ctx)
-        finally:
-            ctx.drop_databases()
-            ctx.close()
-    from .__main__ import table
-    print(table([res]))
-    print("\n" + res["notes"])
-    return 0
+    from .__main__ import run_alone
+    return run_alone(run, a.quick, a.full)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 from .processes import Processes
 
@@ -123,18 +121,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.outage")
     p.add_argument("--quick", action="store_true", help="1,000 requests, a 10 s outage")
     a = p.parse_args(argv)
-    from .context import Context
-    with tempfile.TemporaryDirectory() as t:
-        ctx = Context(Path(t))
-        try:
-            res = run(a.quick, False, ctx)
-        finally:
-            ctx.drop_databases()
-            ctx.close()
-    from .__main__ import table
-    print(table([res]))
-    print("\n" + res["notes"])
-    return 0
+    from .__main__ import run_alone
+    return run_alone(run, a.quick, False)
 
 
 if __name__ == "__main__":
