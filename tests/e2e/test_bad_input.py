@@ -223,6 +223,14 @@ def test_expires_after_as_a_json_part_is_honoured_or_refused(server, key):
     envelope(send(b'"tomorrow"'), 400, "expires_after")
 
 
+def _log_lines_of(server, mark: int, tag: str) -> list[dict]:
+    """The server's log lines since `mark` about request `tag`, once one is written (10 s at most)."""
+    deadline = time.time() + 10
+    while tag not in server.log()[mark:] and time.time() < deadline:
+        time.sleep(0.1)
+    return [json.loads(line) for line in server.log()[mark:].splitlines() if tag in line]
+
+
 def test_a_client_that_leaves_mid_upload_is_one_quiet_line(server, key):
     mark = len(server.log())
     tag = "req_gone_" + uuid.uuid4().hex[:8]
@@ -234,10 +242,7 @@ def test_a_client_that_leaves_mid_upload_is_one_quiet_line(server, key):
                   b'--fz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
                   + jsonl([chat_line(i) for i in range(50)]))
         time.sleep(0.3)
-    deadline = time.time() + 10
-    while tag not in server.log()[mark:] and time.time() < deadline:
-        time.sleep(0.1)
-    lines = [json.loads(line) for line in server.log()[mark:].splitlines() if tag in line]
+    lines = _log_lines_of(server, mark, tag)
     assert len(lines) == 1, lines
     assert lines[0]["level"] in ("info", "warning") and lines[0]["event"] == "upload_abandoned", lines
     assert_no_traceback_since(server, mark)
@@ -351,10 +356,7 @@ def test_a_client_that_leaves_mid_json_body_is_one_quiet_line(server, key):
     with socket.create_connection(host_port(server)) as s:
         s.sendall(head + b'{"input_file_id": ')
         time.sleep(0.3)
-    deadline = time.time() + 10
-    while tag not in server.log()[mark:] and time.time() < deadline:
-        time.sleep(0.1)
-    lines = [json.loads(line) for line in server.log()[mark:].splitlines() if tag in line]
+    lines = _log_lines_of(server, mark, tag)
     assert len(lines) == 1, lines
     assert lines[0]["level"] == "info" and lines[0]["event"] == "request_abandoned", lines
     assert_no_traceback_since(server, mark)
