@@ -372,10 +372,10 @@ def said_lines(stderr: str) -> list[str]:
     return [x for x in stderr.strip().splitlines() if not x.startswith("eventbatch: database:")]
 
 
-def with_pool(url: str, scenario):
-    """Run `await scenario(pool)` with a small pool on `url`: the in-process integration tests."""
+def with_pool(url: str, scenario, size: int = 4):
+    """Run `await scenario(pool)` with a pool of `size` on `url`: the in-process integration tests."""
     async def main():
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=size)
         try:
             return await scenario(pool)
         finally:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
 
-from conftest import chat_line, jsonl
+from conftest import chat_line, jsonl, with_pool
 from eventbatch import batches, files
 from eventbatch.worker.finalizer import settle_batch
 from eventbatch.worker.validating import validate_batch
@@ -61,14 +60,8 @@ class _Meet:
             pass
 
 
-def _go(url: str, scenario):
-    async def main():
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=8)
-        try:
-            return await scenario(pool)
-        finally:
-            await pool.close()
-    return asyncio.run(main())
+def _go(url: str, scenario, size: int = 8):
+    return with_pool(url, scenario, size)
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import pytest
 
-from conftest import chat_line, jsonl
+from conftest import chat_line, jsonl, with_pool
 from eventbatch import api_keys, batch as domain, batches, events as ev, files, projections, rebuild, store
 from eventbatch.worker.finalizer import settle_batch
 from eventbatch.worker.validating import validate_batch
@@ -58,13 +57,7 @@ async def _run_to_the_end(pool, conn, batch_id: str, n: int) -> None:
 
 
 def _go(url: str, scenario, size: int = 12):
-    async def main():
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=size)
-        try:
-            return await scenario(pool)
-        finally:
-            await pool.close()
-    return asyncio.run(main())
+    return with_pool(url, scenario, size)
 
 
 @pytest.fixture
